@@ -1,0 +1,267 @@
+"""Obtain the binaries of the local environment into a per-user cache, keyed by version.
+
+kube-apiserver, kubectl and etcd are built with the Go toolchain from their upstream Go modules;
+Keycloak is the ``keycloak-quarkus-dist`` artifact fetched with Maven. Each component is produced in a
+scratch directory and renamed into place only when complete, so an interrupted build never leaves a
+half-filled cache entry behind, and a second run reuses what the first one finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kcmail.devenv import versions
+
+
+class PrerequisiteMissing(RuntimeError):
+    """A tool the local environment needs is not installed; the message says how to get it."""
+
+
+class BuildFailed(RuntimeError):
+    """A component could not be built or fetched; the message names the log to read."""
+
+
+def cache_root() -> Path:
+    """Where components live: ``$KCMAIL_CACHE``, else ``$XDG_CACHE_HOME/kcmail``, else ``~/.cache/kcmail``."""
+    explicit = os.environ.get("KCMAIL_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "kcmail"
+
+
+Progress = Callable[[str], None]
+
+
+def _print_progress(message: str) -> None:
+    print(f"[kcmail dev] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Components:
+    """Paths of ready-to-run binaries."""
+
+    kube_apiserver: Path
+    kubectl: Path
+    etcd: Path
+    keycloak_home: Path
+    keycloak_java_home: Path
+
+
+def _require_tool(name: str, fix: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise PrerequisiteMissing(f"{name} is not on PATH. {fix}")
+    return path
+
+
+def _run_logged(cmd: Sequence[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None,
+                what: str, progress: Progress) -> None:
+    """Run a long command with its output in a log file, reporting progress while it runs."""
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(30):
+            progress(f"  … still {what} ({time.monotonic() - started:.0f} s)")
+
+    ticker = threading.Thread(target=heartbeat, daemon=True)
+    ticker.start()
+    try:
+        with log.open("a") as out:
+            out.write(f"$ {' '.join(cmd)}\n")
+            out.flush()
+            result = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})}, check=False)
+    finally:
+        stop.set()
+        ticker.join()
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise BuildFailed(f"{what} failed (exit {result.returncode}); full log: {log}\n{tail}")
+
+
+def _go_env() -> dict[str, str]:
+    # Static binaries: the local environment must not depend on the machine's C libraries.
+    return {"CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
+
+
+def _k8s_ldflags(version: str) -> str:
+    """Stamp the release so that /version reports it (Helm's kubeVersion checks read it)."""
+    major, minor, _ = version.split(".")
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {pkg}.gitVersion=v{version}", f"-X {pkg}.gitMajor={major}",
+                  f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean"]
+    return " ".join(flags)
+
+
+def _staging_modules(kubernetes_gomod: str) -> list[str]:
+    """Modules that k8s.io/kubernetes requires at v0.0.0: its staging repositories.
+
+    Read from the downloaded go.mod rather than hard-coded, because the list grows between releases.
+    """
+    modules = []
+    for line in kubernetes_gomod.splitlines():
+        parts = line.strip().split()
+        if len(parts) >= 2 and parts[1] == "v0.0.0" and parts[0].startswith("k8s.io/"):
+            modules.append(parts[0])
+    return sorted(set(modules))
+
+
+def build_kubernetes(version: str, progress: Progress = _print_progress) -> tuple[Path, Path]:
+    """kube-apiserver and kubectl of ``version``, built from the k8s.io/kubernetes module."""
+    target = cache_root() / "components" / f"kubernetes-v{version}"
+    apiserver, kubectl = target / "kube-apiserver", target / "kubectl"
+    if apiserver.exists() and kubectl.exists():
+        return apiserver, kubectl
+    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
+    progress(f"building kube-apiserver and kubectl v{version} with Go (first run: 10–25 min on 2 cores)")
+    work = _fresh_dir(cache_root() / "build" / f"kubernetes-v{version}")
+    log = work / "build.log"
+    env = _go_env()
+    _run_logged([go, "mod", "init", "local/k8sbin"], cwd=work, log=log, env=env, what="go mod init",
+                progress=progress)
+    info = subprocess.run([go, "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"], cwd=work,
+                          capture_output=True, text=True, env={**os.environ, **env}, check=False)
+    if info.returncode != 0:
+        raise BuildFailed(f"go mod download k8s.io/kubernetes@v{version} failed: {info.stderr.strip()}")
+    gomod = Path(json.loads(info.stdout)["GoMod"]).read_text()
+    minor, patch = version.split(".")[1:]
+    edits = [f"-replace={m}={m}@v0.{minor}.{patch}" for m in _staging_modules(gomod)]
+    _run_logged([go, "mod", "edit", *edits], cwd=work, log=log, env=env, what="go mod edit",
+                progress=progress)
+    _run_logged([go, "get", f"k8s.io/kubernetes@v{version}"], cwd=work, log=log, env=env,
+                what="resolving Kubernetes modules", progress=progress)
+    out = work / "bin"
+    for command in ("kube-apiserver", "kubectl"):
+        progress(f"  compiling {command}")
+        _run_logged([go, "build", "-trimpath", "-ldflags", _k8s_ldflags(version), "-o", str(out / command),
+                     f"k8s.io/kubernetes/cmd/{command}"], cwd=work, log=log, env=env,
+                    what=f"compiling {command}", progress=progress)
+    _install(out, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return apiserver, kubectl
+
+
+def build_etcd(version: str, progress: Progress = _print_progress) -> Path:
+    """etcd of ``version``, built from go.etcd.io/etcd/server/v3 in a wrapper module.
+
+    A wrapper is needed because etcd's own go.mod uses local ``replace`` lines that ``go install``
+    refuses.
+    """
+    target = cache_root() / "components" / f"etcd-v{version}"
+    binary = target / "etcd"
+    if binary.exists():
+        return binary
+    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
+    progress(f"building etcd v{version} with Go (first run: 2–5 min)")
+    work = _fresh_dir(cache_root() / "build" / f"etcd-v{version}")
+    log = work / "build.log"
+    env = _go_env()
+    _run_logged([go, "mod", "init", "local/etcdbin"], cwd=work, log=log, env=env, what="go mod init",
+                progress=progress)
+    _run_logged([go, "get", f"go.etcd.io/etcd/server/v3@v{version}"], cwd=work, log=log, env=env,
+                what="resolving etcd modules", progress=progress)
+    out = work / "bin"
+    _run_logged([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"),
+                 "go.etcd.io/etcd/server/v3"], cwd=work, log=log, env=env, what="compiling etcd",
+                progress=progress)
+    _install(out, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
+def fetch_keycloak(version: str, progress: Progress = _print_progress) -> Path:
+    """The unpacked Keycloak distribution of ``version``, fetched through Maven."""
+    target = cache_root() / "components" / f"keycloak-{version}"
+    if (target / "bin" / "kc.sh").exists():
+        return target
+    mvn = _require_tool("mvn", "Install Maven (Debian: apt-get install maven); it fetches Keycloak.")
+    progress(f"fetching Keycloak {version} with Maven (about 200 MB)")
+    work = _fresh_dir(cache_root() / "build" / f"keycloak-{version}")
+    log = work / "fetch.log"
+    _run_logged([mvn, "-B", "-q",
+                 f"org.apache.maven.plugins:maven-dependency-plugin:{versions.MAVEN_DEPENDENCY_PLUGIN}:copy",
+                 f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{version}:tar.gz",
+                 f"-DoutputDirectory={work}"], cwd=work, log=log, what="fetching Keycloak",
+                progress=progress)
+    archive = work / f"keycloak-quarkus-dist-{version}.tar.gz"
+    unpacked = work / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="tar")
+    (home,) = list(unpacked.iterdir())
+    _install(home, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def find_java_home(keycloak_version: str) -> Path:
+    """A JDK that runs ``keycloak_version``: ``$KCMAIL_KEYCLOAK_JAVA_HOME`` or one under /usr/lib/jvm."""
+    explicit = os.environ.get("KCMAIL_KEYCLOAK_JAVA_HOME")
+    if explicit:
+        return Path(explicit)
+    wanted = versions.KEYCLOAK_JAVA.get(keycloak_version, (25, 21, 17))
+    found: dict[int, Path] = {}
+    jvm_root = Path("/usr/lib/jvm")
+    for candidate in sorted(jvm_root.iterdir()) if jvm_root.is_dir() else []:
+        release = candidate / "release"
+        if candidate.is_symlink() or not (candidate / "bin" / "java").exists() or not release.exists():
+            continue
+        feature = _java_feature_release(release.read_text())
+        if feature is not None:
+            found.setdefault(feature, candidate)
+    for feature in wanted:
+        if feature in found:
+            return found[feature]
+    raise PrerequisiteMissing(
+        f"Keycloak {keycloak_version} needs a JDK of release {' or '.join(map(str, wanted))}; found "
+        f"{sorted(found) or 'none'} under /usr/lib/jvm. Install one (Debian: apt-get install "
+        f"openjdk-{wanted[-1]}-jdk-headless) or set KCMAIL_KEYCLOAK_JAVA_HOME."
+    )
+
+
+def _java_feature_release(release_file: str) -> int | None:
+    for line in release_file.splitlines():
+        if line.startswith("JAVA_VERSION="):
+            value = line.split("=", 1)[1].strip().strip('"')
+            head = value.split(".")[0]
+            return int(head) if head.isdigit() else None
+    return None
+
+
+def ensure_all(keycloak_version: str = versions.KEYCLOAK, progress: Progress = _print_progress) -> Components:
+    """Every component of the environment, built or fetched when missing."""
+    java_home = find_java_home(keycloak_version)
+    apiserver, kubectl = build_kubernetes(versions.KUBERNETES, progress)
+    etcd = build_etcd(versions.ETCD, progress)
+    keycloak = fetch_keycloak(keycloak_version, progress)
+    return Components(kube_apiserver=apiserver, kubectl=kubectl, etcd=etcd, keycloak_home=keycloak,
+                      keycloak_java_home=java_home)
+
+
+def _fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _install(source: Path, target: Path) -> None:
+    """Move a finished build into the cache in one rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging.rmdir()
+    shutil.move(str(source), staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)

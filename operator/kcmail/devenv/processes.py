@@ -1,0 +1,154 @@
+"""Start long-running server processes detached, wait for them, and stop every one of them.
+
+Each server runs in its own session (process group), so stopping it also stops whatever it spawned
+(Keycloak's launcher script starts a JVM, for instance). Their process-group ids are written to a state
+file so that ``kcmail dev down`` from another shell finds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StartFailed(RuntimeError):
+    """A server did not become ready; the message names its log."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    pid: int
+    log: Path
+
+    def alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return _not_zombie(self.pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class ProcessRegistry:
+    """The servers one environment started, persisted in ``<state_dir>/processes.json``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / "processes.json"
+
+    def load(self) -> list[ServerProcess]:
+        if not self.path.exists():
+            return []
+        return [ServerProcess(name=p["name"], pid=p["pid"], log=Path(p["log"]))
+                for p in json.loads(self.path.read_text())]
+
+    def _save(self, processes: list[ServerProcess]) -> None:
+        self.path.write_text(json.dumps([{"name": p.name, "pid": p.pid, "log": str(p.log)}
+                                         for p in processes], indent=2))
+
+    def start(self, name: str, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> ServerProcess:
+        log = self.state_dir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+        server = ServerProcess(name=name, pid=proc.pid, log=log)
+        self._save([*self.load(), server])
+        return server
+
+    def stop_all(self, timeout: float = 20.0) -> list[str]:
+        """Stop every recorded server (TERM, then KILL after ``timeout``); returns the names stopped."""
+        processes = self.load()
+        for server in reversed(processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for server in processes:
+            while server.alive() and time.monotonic() < deadline:
+                _reap(server.pid)
+                time.sleep(0.1)
+            if server.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.pid, signal.SIGKILL)
+            _reap(server.pid)
+        still = [s.name for s in processes if s.alive()]
+        if still:
+            raise RuntimeError(f"processes survived SIGKILL: {', '.join(still)}")
+        self.path.unlink(missing_ok=True)
+        return [s.name for s in processes]
+
+
+def _reap(pid: int) -> None:
+    """Collect an exited child of this process, so that it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_until(check: Callable[[], bool], *, server: ServerProcess, what: str, timeout: float,
+               interval: float = 0.5) -> None:
+    """Poll ``check`` until it holds; fail early, with the log's tail, if the server died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not server.alive():
+            raise StartFailed(f"{server.name} exited before {what}; log {server.log}:\n{_tail(server.log)}")
+        time.sleep(interval)
+    raise StartFailed(f"{server.name}: {what} not reached within {timeout:.0f} s; log {server.log}:\n"
+                      f"{_tail(server.log)}")
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def http_ok(url: str, *, ca_file: Path | None = None, client_cert: tuple[Path, Path] | None = None) -> bool:
+    """True when ``url`` answers 200."""
+    context = None
+    if url.startswith("https://"):
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if client_cert:
+            context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 (loopback)
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
