@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,3 +116,8 @@ def write_signing_key(path: Path) -> Path:
     """An RSA key for signing service-account tokens."""
     _write_key(rsa.generate_private_key(public_exponent=65537, key_size=2048), path)
     return path
+
+
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    """A TLS client context that trusts only the environment's CA."""
+    return ssl.create_default_context(cafile=str(ca_file))

@@ -127,7 +127,7 @@ def build_kubernetes(version: str, progress: Progress = _print_progress) -> tupl
     if apiserver.exists() and kubectl.exists():
         return apiserver, kubectl
     go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
-    progress(f"building kube-apiserver and kubectl v{version} with Go (first run: 10–25 min on 2 cores)")
+    progress(f"building kube-apiserver and kubectl v{version} with Go (first run: 10-25 min on 2 cores)")
     work = _fresh_dir(cache_root() / "build" / f"kubernetes-v{version}")
     log = work / "build.log"
     env = _go_env()
@@ -166,7 +166,7 @@ def build_etcd(version: str, progress: Progress = _print_progress) -> Path:
     if binary.exists():
         return binary
     go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
-    progress(f"building etcd v{version} with Go (first run: 2–5 min)")
+    progress(f"building etcd v{version} with Go (first run: 2-5 min)")
     work = _fresh_dir(cache_root() / "build" / f"etcd-v{version}")
     log = work / "build.log"
     env = _go_env()

@@ -40,21 +40,23 @@ class ServerProcess:
     log: Path
 
     def alive(self) -> bool:
+        """True while any live (non-zombie) process remains in the server's process group."""
+        return bool(_group_members(self.pid))
+
+
+def _group_members(pgid: int) -> list[int]:
+    # A launcher script may have exited while the JVM it started lives on: look at the whole group.
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return _not_zombie(self.pid)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+            stat = stat_file.read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state not in ("Z", "X"):
+            members.append(int(stat_file.parent.name))
+    return members
 
 
 class ProcessRegistry:
@@ -86,25 +88,31 @@ class ProcessRegistry:
         return server
 
     def stop_all(self, timeout: float = 20.0) -> list[str]:
-        """Stop every recorded server (TERM, then KILL after ``timeout``); returns the names stopped."""
+        """Stop every recorded server, newest first, each before the next; returns the names stopped.
+
+        Order matters: kube-apiserver hangs on shutdown while etcd is already gone, so the servers
+        stop in the reverse of the order they started, each given ``timeout`` after SIGTERM.
+        """
         processes = self.load()
         for server in reversed(processes):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for server in processes:
-            while server.alive() and time.monotonic() < deadline:
-                _reap(server.pid)
-                time.sleep(0.1)
-            if server.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(server.pid, signal.SIGKILL)
-            _reap(server.pid)
+            _stop(server, timeout)
         still = [s.name for s in processes if s.alive()]
         if still:
             raise RuntimeError(f"processes survived SIGKILL: {', '.join(still)}")
         self.path.unlink(missing_ok=True)
         return [s.name for s in processes]
+
+
+def _stop(server: ServerProcess, timeout: float) -> None:
+    for sig, grace in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            _reap(server.pid)
+            if not server.alive():
+                return
+            time.sleep(0.1)
 
 
 def _reap(pid: int) -> None:

@@ -1,0 +1,66 @@
+"""``kcmail dev``: bring the local environment of real servers up, down, or report on it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from kcmail.devenv import components, environment, versions
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dev = subparsers.add_parser("dev", help="the local environment of real servers (tests, demo, benchmarks)")
+    dev.add_argument("--dir", type=Path, default=None,
+                     help="state directory (default $KCMAIL_DEV_DIR or ~/.local/state/kcmail/dev)")
+    actions = dev.add_subparsers(dest="dev_action", required=True)
+    up = actions.add_parser("up", help="build what is missing, start every server, write dev.env")
+    up.add_argument("--keycloak-version", choices=versions.KEYCLOAK_CHOICES, default=versions.KEYCLOAK)
+    build = actions.add_parser("build", help="only build or fetch the components into the cache")
+    build.add_argument("--keycloak-version", choices=versions.KEYCLOAK_CHOICES, action="append",
+                       help="repeat for several; default the pinned one")
+    actions.add_parser("down", help="stop every server that `up` started")
+    actions.add_parser("status", help="which servers are running")
+    dev.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _dispatch(args)
+    except components.PrerequisiteMissing as error:
+        print(f"kcmail dev: missing prerequisite: {error}", file=sys.stderr)
+        return 2
+    except (components.BuildFailed, environment.AlreadyRunning) as error:
+        print(f"kcmail dev: {error}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.dev_action == "build":
+        for version in args.keycloak_version or [versions.KEYCLOAK]:
+            components.ensure_all(version)
+        print(f"components cached under {components.cache_root() / 'components'}")
+        return 0
+    if args.dev_action == "up":
+        started = time.monotonic()
+        env = environment.up(args.dir, keycloak_version=args.keycloak_version)
+        print(f"The local environment is up ({time.monotonic() - started:.0f} s).\n"
+              f"  Kubernetes {env.kubernetes_version}: {env.kube_api_url}\n"
+              f"  Keycloak {env.keycloak_version}:   {env.keycloak_url}  (admin user {env.keycloak_admin_user})\n"
+              f"  Token issuer:     {env.issuer_token_url}\n"
+              f"  SMTP:             {env.smtp_host}:{env.smtp_starttls_port} (STARTTLS), "
+              f"{env.smtp_host}:{env.smtp_tls_port} (TLS); received mail in {env.smtp_spool}\n"
+              f"Use it in this shell:  source {env.state_dir / environment.ENV_FILE}\n"
+              f"Stop it:               kcmail dev down")
+        return 0
+    if args.dev_action == "down":
+        stopped = environment.down(args.dir)
+        print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+        return 0
+    states = environment.status(args.dir)
+    for name, alive in states.items():
+        print(f"{name:16} {'running' if alive else 'stopped'}")
+    if not states:
+        print("nothing started")
+    return 0 if states and all(states.values()) else 1

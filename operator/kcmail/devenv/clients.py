@@ -1,0 +1,48 @@
+"""Small clients of the local environment's servers, shared by tests, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from kcmail.devenv.certs import client_context
+from kcmail.devenv.environment import Environment
+
+
+class KeycloakAdminAPI:
+    """A bare admin REST client for tests: a fresh admin token per call keeps it simple and valid."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.http = httpx.Client(base_url=env.keycloak_url, verify=client_context(env.ca_file), timeout=30)
+
+    def _token(self) -> str:
+        response = self.http.post("/realms/master/protocol/openid-connect/token", data={
+            "grant_type": "password", "client_id": "admin-cli",
+            "username": self.env.keycloak_admin_user, "password": self.env.keycloak_admin_password})
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._token()}"}
+        return self.http.request(method, f"/admin/realms{path}", headers=headers, **kwargs)
+
+    def realm(self, realm: str) -> dict[str, Any]:
+        response = self.request("GET", f"/{realm}")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def put_realm(self, realm: str, representation: dict[str, Any]) -> httpx.Response:
+        return self.request("PUT", f"/{realm}", json=representation)
+
+
+def issuer_token(env: Environment, *, client_id: str | None = None, client_secret: str | None = None,
+                 scope: str | None = None) -> httpx.Response:
+    """The token request Keycloak's mailer sends: client_credentials, client_secret_post."""
+    return httpx.post(env.issuer_token_url, verify=client_context(env.ca_file), timeout=30, data={
+        "grant_type": "client_credentials",
+        "client_id": client_id or env.issuer_client_id,
+        "client_secret": client_secret or env.issuer_client_secret,
+        "scope": scope or env.issuer_scope,
+    })

@@ -1,0 +1,218 @@
+"""One definition of the local environment, shared by ``kcmail dev``, the pytest fixtures and the demo.
+
+``up`` builds or reuses the components, starts every server on loopback, seeds Keycloak and writes an
+env file; ``Environment.load`` reads that file back, so a second shell, a test session or the demo can
+use an environment that is already running.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from kcmail.devenv import components, versions
+from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
+from kcmail.devenv.keycloak_server import Seeded, seed, start_keycloak
+from kcmail.devenv.kube import start_control_plane
+from kcmail.devenv.processes import ProcessRegistry, free_port, port_open, wait_until
+from kcmail.devenv.smtp_server import ListenerConfig, SmtpServerConfig
+
+ENV_FILE = "dev.env"
+_PREFIX = "KCMAIL_DEV_"
+
+# Which mailboxes each issuer client may send as: what an Exchange Online mailbox permission grants.
+SENDER_MAILBOXES = {
+    "smtp-app": ("no-reply@acme.example", "no-reply@globex.example"),
+    "other-app": ("other@acme.example",),
+}
+TARGET_REALMS = ("acme", "globex")
+REFUSED_DOMAIN = "refused.test"
+
+
+class AlreadyRunning(RuntimeError):
+    """``up`` found servers of a previous ``up`` in the same directory still running."""
+
+
+def default_state_dir() -> Path:
+    """``$KCMAIL_DEV_DIR``, else ``$XDG_STATE_HOME/kcmail/dev``, else ``~/.local/state/kcmail/dev``."""
+    explicit = os.environ.get("KCMAIL_DEV_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "kcmail" / "dev"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Everything a client needs to use the running environment. Values are plain strings or paths."""
+
+    state_dir: Path
+    ca_file: Path
+    kubeconfig: Path
+    kube_api_url: str
+    kubectl: Path
+    kubernetes_version: str
+    keycloak_url: str
+    keycloak_version: str
+    keycloak_admin_user: str
+    keycloak_admin_password: str
+    keycloak_admin_email: str
+    issuer_realm: str
+    issuer_token_url: str
+    issuer_jwks_url: str
+    issuer: str
+    issuer_client_id: str
+    issuer_client_secret: str
+    issuer_other_client_id: str
+    issuer_other_client_secret: str
+    issuer_scope: str
+    target_realms: str
+    smtp_host: str
+    smtp_starttls_port: int
+    smtp_tls_port: int
+    smtp_spool: Path
+    smtp_basic_user: str
+    smtp_basic_password: str
+
+    @property
+    def realms(self) -> tuple[str, ...]:
+        return tuple(self.target_realms.split(","))
+
+    def env_lines(self) -> list[str]:
+        lines = [f"export KUBECONFIG={shlex.quote(str(self.kubeconfig))}"]
+        for key, value in asdict(self).items():
+            lines.append(f"export {_PREFIX}{key.upper()}={shlex.quote(str(value))}")
+        return lines
+
+    def write(self) -> Path:
+        path = self.state_dir / ENV_FILE
+        path.write_text("# Written by `kcmail dev up`; holds dev-only credentials.\n"
+                        + "\n".join(self.env_lines()) + "\n")
+        path.chmod(0o600)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Environment:
+        """Read an env file written by :meth:`write`."""
+        values: dict[str, str] = {}
+        for line in path.read_text().splitlines():
+            if not line.startswith(f"export {_PREFIX}"):
+                continue
+            key, _, raw = line.removeprefix(f"export {_PREFIX}").partition("=")
+            values[key.lower()] = shlex.split(raw)[0] if raw else ""
+        kwargs: dict[str, object] = {}
+        for field in fields(cls):
+            raw_value = values[field.name]
+            if field.type in ("Path", Path):
+                kwargs[field.name] = Path(raw_value)
+            elif field.type in ("int", int):
+                kwargs[field.name] = int(raw_value)
+            else:
+                kwargs[field.name] = raw_value
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def up(state_dir: Path | None = None, *, keycloak_version: str = versions.KEYCLOAK,
+       progress: components.Progress = components._print_progress) -> Environment:
+    """Start every server of the environment and return its description (also written to ``dev.env``)."""
+    state_dir = (state_dir or default_state_dir()).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    registry = ProcessRegistry(state_dir)
+    running = [p.name for p in registry.load() if p.alive()]
+    if running:
+        raise AlreadyRunning(f"{', '.join(running)} already running from {state_dir}; "
+                             "run `kcmail dev down` first")
+    registry.stop_all()
+    _clear_previous_run(state_dir)
+    parts = components.ensure_all(keycloak_version, progress)
+    try:
+        return _start(state_dir, registry, parts, keycloak_version, progress)
+    except BaseException:
+        registry.stop_all()
+        raise
+
+
+def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Components, keycloak_version: str,
+           progress: components.Progress) -> Environment:
+    ca = CertificateAuthority(state_dir / "pki")
+    # Keycloak is by far the slowest to start: launch it first and wait for it last.
+    progress(f"starting Keycloak {keycloak_version}")
+    keycloak = start_keycloak(registry, parts.keycloak_home, parts.keycloak_java_home, ca, state_dir,
+                              keycloak_version)
+    progress(f"starting etcd and kube-apiserver v{versions.KUBERNETES}")
+    plane, admin_cert = start_control_plane(registry, kube_apiserver=parts.kube_apiserver, etcd=parts.etcd,
+                                            ca=ca, state_dir=state_dir)
+    plane.wait_ready(admin_cert)
+    progress("waiting for Keycloak to be ready (first start: about a minute)")
+    keycloak.wait_ready(timeout=300)
+    seeded = seed(keycloak, ca.cert_path, target_realms=TARGET_REALMS)
+    progress("starting the XOAUTH2 SMTP server")
+    smtp = _smtp_config(state_dir, ca, seeded)
+    config_path = state_dir / "smtp" / "config.json"
+    config_path.write_text(smtp.to_json())
+    config_path.chmod(0o600)
+    server = registry.start("smtp", [sys.executable, "-m", "kcmail.devenv.smtp_server",
+                                     "--config", str(config_path)])
+    for listener in smtp.listeners:
+        wait_until(lambda port=listener.port: port_open(port), server=server, what=f"port {listener.port}",
+                   timeout=30)
+    starttls_port, tls_port = (listener.port for listener in smtp.listeners)
+    (basic_user, basic_password), = smtp.basic_users.items()
+    env = Environment(
+        state_dir=state_dir, ca_file=ca.cert_path, kubeconfig=plane.admin_kubeconfig,
+        kube_api_url=plane.api_url, kubectl=parts.kubectl, kubernetes_version=versions.KUBERNETES,
+        keycloak_url=keycloak.url, keycloak_version=keycloak_version,
+        keycloak_admin_user=keycloak.admin_user, keycloak_admin_password=keycloak.admin_password,
+        keycloak_admin_email=seeded.admin_email, issuer_realm=seeded.issuer_realm,
+        issuer_token_url=seeded.token_url, issuer_jwks_url=seeded.jwks_url, issuer=seeded.issuer,
+        issuer_client_id=seeded.client_id, issuer_client_secret=seeded.client_secret,
+        issuer_other_client_id=seeded.other_client_id, issuer_other_client_secret=seeded.other_client_secret,
+        issuer_scope=seeded.scope, target_realms=",".join(seeded.target_realms),
+        smtp_host="127.0.0.1", smtp_starttls_port=starttls_port, smtp_tls_port=tls_port,
+        smtp_spool=smtp.spool_dir, smtp_basic_user=basic_user, smtp_basic_password=basic_password,
+    )
+    env.write()
+    return env
+
+
+def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded) -> SmtpServerConfig:
+    serving = ca.issue("smtp", "smtp.kcmail.test", names=LOOPBACK_NAMES)
+    return SmtpServerConfig(
+        listeners=(ListenerConfig(name="starttls", port=free_port(), tls="starttls"),
+                   ListenerConfig(name="implicit", port=free_port(), tls="implicit")),
+        cert_file=serving.cert, key_file=serving.key, ca_file=ca.cert_path,
+        jwks_url=seeded.jwks_url, issuer=seeded.issuer, spool_dir=state_dir / "smtp" / "spool",
+        clients={seeded.client_id: SENDER_MAILBOXES["smtp-app"],
+                 seeded.other_client_id: SENDER_MAILBOXES["other-app"]},
+        basic_users={"basic-user@acme.example": secrets.token_urlsafe(18)},
+        refused_domains=(REFUSED_DOMAIN,),
+    )
+
+
+def down(state_dir: Path | None = None) -> list[str]:
+    """Stop every process ``up`` started in ``state_dir``; returns their names."""
+    state_dir = (state_dir or default_state_dir()).resolve()
+    return ProcessRegistry(state_dir).stop_all()
+
+
+def status(state_dir: Path | None = None) -> dict[str, bool]:
+    """Each recorded server and whether it is alive."""
+    state_dir = (state_dir or default_state_dir()).resolve()
+    return {p.name: p.alive() for p in ProcessRegistry(state_dir).load()}
+
+
+def _clear_previous_run(state_dir: Path) -> None:
+    # Every run gets a fresh CA, etcd and spool: leftovers would mix two runs' certificates and mail.
+    for name in ("pki", "kube", "smtp", "keycloak", "logs", ENV_FILE):
+        target = state_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    (state_dir / "smtp").mkdir()
+
