@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a step they share.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint components down
+
+$(BIN)/kcmail: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# kube-apiserver, kubectl, etcd (built with Go) and Keycloak (fetched with Maven), cached per version.
+components: $(BIN)/kcmail
+	$(BIN)/kcmail dev build --keycloak-version 26.7.3 --keycloak-version 26.4.7
+
+lint: $(BIN)/kcmail
+	$(BIN)/ruff check operator tests bench
+
+test: lint components
+	$(BIN)/pytest
+
+demo: components
+	$(BIN)/kcmail demo
+
+down: $(BIN)/kcmail
+	$(BIN)/kcmail dev down

@@ -1,0 +1,127 @@
+"""Keycloak admin API: version, realm read, and a safe ``smtpServer`` write (python-keycloak, async).
+
+A realm PUT carries the realm representation just read with only ``smtpServer`` replaced: a partial
+body would reset fields Keycloak treats as "absent means default" (the OAuth2 device-code lifespan,
+for one). Every failure is raised as a :class:`KeycloakFailure` whose message carries Keycloak's own
+words and never a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
+from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionError, KeycloakError
+
+from kcmail.conditions import Failure, Reason
+from kcmail.smtp_settings import Version, parse_version
+
+
+class KeycloakFailure(Exception):
+    """An admin API call failed; ``failure`` says why, in the reason catalogue's words."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class AdminCredentials:
+    """A service account (client_id + client_secret) or a user (username + password) with manage-realm."""
+
+    client_id: str = "admin-cli"
+    client_secret: str = field(default="", repr=False)
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+
+_TIMEOUT_SECONDS = 15
+
+
+class KeycloakClient:
+    """One admin client per Keycloak connection; its token is reused across reconciles."""
+
+    def __init__(self, url: str, admin_realm: str, credentials: AdminCredentials,
+                 verify: bool | str = True) -> None:
+        # python-keycloak joins paths with urljoin: a base URL with a path prefix needs its trailing /.
+        self.url = url.rstrip("/") + "/"
+        connection = KeycloakOpenIDConnection(
+            server_url=self.url, realm_name=admin_realm, user_realm_name=admin_realm,
+            client_id=credentials.client_id, client_secret_key=credentials.client_secret or None,
+            username=credentials.username or None, password=credentials.password or None,
+            grant_type="password" if credentials.username else "client_credentials",
+            verify=verify, timeout=_TIMEOUT_SECONDS,
+        )
+        self._admin = KeycloakAdmin(connection=connection)
+
+    async def aclose(self) -> None:
+        await self._admin.connection.aclose()
+        await self._admin.connection.keycloak_openid.connection.aclose()
+
+    async def version(self) -> Version:
+        info = await self._call("read the server version", self._admin.a_get_server_info)
+        return parse_version(str(info.get("systemInfo", {}).get("version", "")))
+
+    async def read_realm(self, realm: str) -> dict[str, Any]:
+        return dict(await self._call(f"read realm {realm!r}", self._admin.a_get_realm, realm, realm=realm))
+
+    async def write_smtp_server(self, realm: str, smtp_server: Mapping[str, str],
+                                current: Mapping[str, Any] | None = None) -> None:
+        """Replace the realm's ``smtpServer`` map and nothing else.
+
+        ``current`` is the representation just read, saving a second GET when the caller has it.
+        """
+        representation = dict(current) if current is not None else await self.read_realm(realm)
+        representation["smtpServer"] = dict(smtp_server)
+        await self._call(f"update realm {realm!r}", self._admin.a_update_realm, realm, representation,
+                         realm=realm)
+
+    async def _call(self, what: str, method: Any, *args: Any, realm: str | None = None) -> Any:
+        try:
+            return await method(*args)
+        except KeycloakAuthenticationError as error:
+            raise KeycloakFailure(Failure(
+                Reason.KEYCLOAK_AUTH_FAILED,
+                f"Keycloak refused the admin credentials: {_keycloak_words(error)}", needs_person=True)) from None
+        except (KeycloakConnectionError, httpx.HTTPError) as error:
+            cause = error.__cause__ or error
+            raise KeycloakFailure(Failure(
+                Reason.KEYCLOAK_UNREACHABLE,
+                f"cannot {what} at {self.url}: {type(cause).__name__}: {cause}")) from None
+        except KeycloakError as error:
+            raise KeycloakFailure(_classify(what, error, realm)) from None
+
+
+def _keycloak_words(error: KeycloakError) -> str:
+    """Keycloak's own message from an error body (errorMessage, error_description, error)."""
+    body = error.response_body
+    if isinstance(body, bytes | bytearray):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            text = body.decode(errors="replace").strip()
+            return text[:300] or f"HTTP {error.response_code}"
+        if isinstance(data, dict):
+            for key in ("errorMessage", "error_description", "error"):
+                if data.get(key):
+                    return str(data[key])
+    return f"HTTP {error.response_code}"
+
+
+def _classify(what: str, error: KeycloakError, realm: str | None) -> Failure:
+    code = error.response_code or 0
+    words = _keycloak_words(error)
+    if code == 404 and realm is not None:
+        return Failure(Reason.REALM_NOT_FOUND, f"Keycloak has no realm {realm!r} ({words})", needs_person=True)
+    if code in (401, 403):
+        return Failure(Reason.KEYCLOAK_AUTH_FAILED,
+                       f"cannot {what}: Keycloak answered {code} ({words}); the admin account needs "
+                       "the manage-realm role", needs_person=True)
+    if code >= 500 or code == 0:
+        return Failure(Reason.KEYCLOAK_UNREACHABLE, f"cannot {what}: Keycloak answered {code} ({words})")
+    return Failure(Reason.KEYCLOAK_REJECTED, f"cannot {what}: Keycloak answered {code}: {words}",
+                   needs_person=True)

@@ -1,0 +1,128 @@
+"""From a MailConfig spec and its credentials to Keycloak's ``smtpServer`` map, and the diff against a realm.
+
+Pure functions: no I/O. Keycloak's key names live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kcmail.spec import AuthType, Credentials, MailConfigSpec, Security
+
+# What GET /admin/realms/{realm} shows in place of a stored secret.
+MASK = "**********"
+SECRET_KEYS = frozenset({"password", "authTokenClientSecret"})
+
+TOKEN_AUTH_SINCE = (26, 2, 0)
+ALLOW_UTF8_SINCE = (26, 3, 3)
+TIMEOUTS_SINCE = (26, 5, 0)
+
+Version = tuple[int, int, int]
+
+
+class UnsupportedVersion(ValueError):
+    """The Keycloak in front of us cannot hold what the MailConfig asks for."""
+
+
+def parse_version(text: str) -> Version:
+    """Keycloak's ``systemInfo.version`` ("26.7.3", "26.2.0.redhat-00001", "999.0.0-SNAPSHOT")."""
+    match = re.match(r"^(\d+)\.(\d+)\.(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"not a Keycloak version: {text!r}")
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def _flag(value: bool) -> str:
+    # Keycloak compares these with "true".equals(...); anything else means false.
+    return "true" if value else "false"
+
+
+def _millis(seconds: float) -> str:
+    return str(round(seconds * 1000))
+
+
+def desired_smtp_server(spec: MailConfigSpec, credentials: Credentials, version: Version) -> dict[str, str]:
+    """The whole ``smtpServer`` map Keycloak should hold. Empty optional values are left out."""
+    auth = spec.auth
+    if auth.type is AuthType.XOAUTH2 and version < TOKEN_AUTH_SINCE:
+        raise UnsupportedVersion(
+            f"XOAUTH2 needs Keycloak 26.2.0 or newer; this one is {'.'.join(map(str, version))}")
+    smtp, sender = spec.smtp, spec.sender
+    settings = {
+        "host": smtp.host,
+        "port": str(smtp.port),
+        "ssl": _flag(smtp.security is Security.SSL),
+        "starttls": _flag(smtp.security is Security.STARTTLS),
+        "auth": _flag(auth.type is not AuthType.NONE),
+        "debug": _flag(smtp.debug),
+        "from": sender.from_address,
+        "fromDisplayName": sender.from_display_name,
+        "replyTo": sender.reply_to,
+        "replyToDisplayName": sender.reply_to_display_name,
+        "envelopeFrom": sender.envelope_from,
+    }
+    if version >= ALLOW_UTF8_SINCE:
+        settings["allowutf8"] = _flag(smtp.allow_utf8)
+    if version >= TIMEOUTS_SINCE:
+        settings["connectionTimeout"] = _millis(smtp.timeouts.connect.total_seconds())
+        settings["timeout"] = _millis(smtp.timeouts.read.total_seconds())
+        settings["writeTimeout"] = _millis(smtp.timeouts.write.total_seconds())
+    if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None:
+        # Lowercase: Keycloak matches "token" case-sensitively when it stores a realm.
+        settings |= {
+            "user": auth.username,
+            "authType": "token",
+            "authTokenUrl": auth.xoauth2.token_url,
+            "authTokenScope": auth.xoauth2.scope,
+            "authTokenClientId": credentials.client_id,
+            "authTokenClientSecret": credentials.client_secret,
+        }
+    elif auth.type is AuthType.BASIC:
+        settings |= {"user": auth.username, "authType": "basic", "password": credentials.password}
+    return {key: value for key, value in settings.items() if value != ""}
+
+
+def cleared_smtp_server() -> dict[str, str]:
+    """What deletion with ``deletionPolicy: Clear`` leaves: no SMTP settings at all."""
+    return {}
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Keys whose stored value differs from the desired one. Names only: values may be secret."""
+
+    keys: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+
+def diff(desired: Mapping[str, str], actual: Mapping[str, str]) -> Drift:
+    """Compare a realm's stored map with the desired one.
+
+    Non-secret keys compare as strings, a missing key equal to an empty one. A stored secret is masked
+    on read, so it can only be checked for presence: a secret that should be there and is not (or a
+    secret that should not be there and is) counts as drift. Whether a present secret is the right
+    one is decided by the Secret's version, not here.
+    """
+    differing = []
+    for key in sorted(set(desired) | set(actual)):
+        want, have = desired.get(key, ""), actual.get(key, "")
+        if key in SECRET_KEYS:
+            if bool(want) != bool(have):
+                differing.append(key)
+        elif want != have:
+            differing.append(key)
+    return Drift(keys=tuple(differing))
+
+
+def needs_write(desired: Mapping[str, str], actual: Mapping[str, str] | None, *, secret_version: str,
+                applied_secret_version: str | None) -> tuple[bool, Drift]:
+    """Whether a reconcile must PUT the realm, and the drift that makes it so."""
+    drift = diff(desired, actual or {})
+    uses_secret = any(key in desired for key in SECRET_KEYS)
+    rotated = uses_secret and secret_version != (applied_secret_version or "")
+    return bool(drift) or rotated, drift

@@ -1,0 +1,249 @@
+"""Typed values read from MailConfig and Connection objects.
+
+The API server has already applied the CRD's defaults and CEL rules, so parsing here only converts;
+a ``SpecError`` means the object bypassed validation (an older CRD, a direct etcd write) and names the
+field.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import durationpy
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+GROUP = "kcmail.io"
+VERSION = "v1alpha1"
+
+
+class SpecError(ValueError):
+    """A field is missing or malformed; the message names its path."""
+
+
+class Security(enum.StrEnum):
+    STARTTLS = "StartTLS"
+    SSL = "SSL"
+    NONE = "None"
+
+
+class AuthType(enum.StrEnum):
+    XOAUTH2 = "XOAUTH2"
+    BASIC = "Basic"
+    NONE = "None"
+
+
+class ProbeMode(enum.StrEnum):
+    AUTHENTICATE = "Authenticate"
+    SEND = "Send"
+    OFF = "Off"
+
+
+class DeletionPolicy(enum.StrEnum):
+    RETAIN = "Retain"
+    CLEAR = "Clear"
+
+
+class ConnectionKind(enum.StrEnum):
+    NAMESPACED = "KeycloakConnection"
+    CLUSTER = "ClusterKeycloakConnection"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: datetime.timedelta
+    read: datetime.timedelta
+    write: datetime.timedelta
+
+
+@dataclass(frozen=True)
+class SmtpSpec:
+    host: str
+    port: int
+    security: Security
+    timeouts: Timeouts
+    allow_utf8: bool
+    debug: bool
+
+
+@dataclass(frozen=True)
+class SenderSpec:
+    from_address: str
+    from_display_name: str = ""
+    reply_to: str = ""
+    reply_to_display_name: str = ""
+    envelope_from: str = ""
+
+
+@dataclass(frozen=True)
+class ClientSecretRef:
+    name: str
+    client_id_key: str
+    client_secret_key: str
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class XOAuth2Spec:
+    token_url: str
+    scope: str
+    client_secret_ref: ClientSecretRef
+
+
+@dataclass(frozen=True)
+class BasicSpec:
+    password_secret_ref: SecretKeyRef
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    type: AuthType
+    username: str = ""
+    xoauth2: XOAuth2Spec | None = None
+    basic: BasicSpec | None = None
+
+    @property
+    def secret_name(self) -> str | None:
+        """The Secret this auth reads, if any."""
+        if self.type is AuthType.XOAUTH2 and self.xoauth2:
+            return self.xoauth2.client_secret_ref.name
+        if self.type is AuthType.BASIC and self.basic:
+            return self.basic.password_secret_ref.name
+        return None
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    smtp: ProbeMode
+    recipient: str = ""
+
+
+@dataclass(frozen=True)
+class ConnectionRef:
+    kind: ConnectionKind
+    name: str
+
+
+@dataclass(frozen=True)
+class MailConfigSpec:
+    connection_ref: ConnectionRef
+    realm: str
+    smtp: SmtpSpec
+    sender: SenderSpec
+    auth: AuthSpec
+    probe: ProbeSpec
+    interval: datetime.timedelta
+    suspend: bool
+    deletion_policy: DeletionPolicy
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> MailConfigSpec:
+        smtp = _mapping(spec, "smtp")
+        timeouts = _mapping(smtp, "timeouts", "smtp.", required=False)
+        sender = _mapping(spec, "sender")
+        auth = _mapping(spec, "auth")
+        probe = _mapping(spec, "probe", required=False)
+        ref = _mapping(spec, "connectionRef")
+        return cls(
+            connection_ref=ConnectionRef(kind=_enum(ConnectionKind, ref.get("kind", "ClusterKeycloakConnection"),
+                                                    "connectionRef.kind"),
+                                         name=_str(ref, "name", "connectionRef.")),
+            realm=_str(spec, "realm"),
+            smtp=SmtpSpec(
+                host=_str(smtp, "host", "smtp."),
+                port=int(smtp.get("port", 587)),
+                security=_enum(Security, smtp.get("security", "StartTLS"), "smtp.security"),
+                timeouts=Timeouts(**{k: duration(timeouts.get(k, "10s"), f"smtp.timeouts.{k}")
+                                     for k in ("connect", "read", "write")}),
+                allow_utf8=bool(smtp.get("allowUTF8", False)),
+                debug=bool(smtp.get("debug", False)),
+            ),
+            sender=SenderSpec(
+                from_address=_str(sender, "from", "sender."),
+                from_display_name=sender.get("fromDisplayName", ""),
+                reply_to=sender.get("replyTo", ""),
+                reply_to_display_name=sender.get("replyToDisplayName", ""),
+                envelope_from=sender.get("envelopeFrom", ""),
+            ),
+            auth=_auth(auth),
+            probe=ProbeSpec(smtp=_enum(ProbeMode, probe.get("smtp", "Authenticate"), "probe.smtp"),
+                            recipient=probe.get("recipient", "")),
+            interval=duration(spec.get("interval", "10m"), "interval"),
+            suspend=bool(spec.get("suspend", False)),
+            deletion_policy=_enum(DeletionPolicy, spec.get("deletionPolicy", "Retain"), "deletionPolicy"),
+        )
+
+
+def _auth(auth: Mapping[str, Any]) -> AuthSpec:
+    kind = _enum(AuthType, auth.get("type", "XOAUTH2"), "auth.type")
+    xoauth2 = basic = None
+    if kind is AuthType.XOAUTH2:
+        x = _mapping(auth, "xoauth2", "auth.")
+        ref = _mapping(x, "clientSecretRef", "auth.xoauth2.")
+        xoauth2 = XOAuth2Spec(
+            token_url=_str(x, "tokenURL", "auth.xoauth2."), scope=x.get("scope", ""),
+            client_secret_ref=ClientSecretRef(name=_str(ref, "name", "auth.xoauth2.clientSecretRef."),
+                                              client_id_key=ref.get("clientIDKey", "client-id"),
+                                              client_secret_key=ref.get("clientSecretKey", "client-secret")))
+    elif kind is AuthType.BASIC:
+        b = _mapping(auth, "basic", "auth.")
+        ref = _mapping(b, "passwordSecretRef", "auth.basic.")
+        basic = BasicSpec(password_secret_ref=SecretKeyRef(
+            name=_str(ref, "name", "auth.basic.passwordSecretRef."), key=ref.get("key", "password")))
+    return AuthSpec(type=kind, username=auth.get("username", ""), xoauth2=xoauth2, basic=basic)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Secret values resolved for one MailConfig. ``repr`` never shows them."""
+
+    secret_version: str
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+
+def duration(value: str, path: str) -> datetime.timedelta:
+    """A Kubernetes-style duration ("10m", "1h30m", "500ms")."""
+    try:
+        parsed = durationpy.from_str(value)
+    except (durationpy.DurationError, TypeError, ValueError) as error:
+        raise SpecError(f"{path}: {value!r} is not a duration like 30s, 10m or 1h") from error
+    if not isinstance(parsed, datetime.timedelta):
+        raise SpecError(f"{path}: {value!r} is not a duration like 30s, 10m or 1h")
+    return parsed
+
+
+def _mapping(parent: Mapping[str, Any], key: str, prefix: str = "", *, required: bool = True) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        if required:
+            raise SpecError(f"{prefix}{key} is required")
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{prefix}{key} must be an object")
+    return value
+
+
+def _str(parent: Mapping[str, Any], key: str, prefix: str = "") -> str:
+    value = parent.get(key)
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{prefix}{key} is required")
+    return value
+
+
+def _enum(kind: type[_E], value: Any, path: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = " | ".join(member.value for member in kind)
+        raise SpecError(f"{path}: {value!r} is not one of {allowed}") from None
