@@ -207,14 +207,13 @@ def fetch_keycloak(version: str, progress: Progress = _print_progress) -> Path:
     return target
 
 
-def find_java_home(keycloak_version: str) -> Path:
-    """A JDK that runs ``keycloak_version``: ``$KCMAIL_KEYCLOAK_JAVA_HOME`` or one under /usr/lib/jvm."""
+def find_java_home(keycloak_version: str, jvm_root: Path = Path("/usr/lib/jvm")) -> Path:
+    """A JDK that runs ``keycloak_version``: ``$KCMAIL_KEYCLOAK_JAVA_HOME`` or one under ``jvm_root``."""
     explicit = os.environ.get("KCMAIL_KEYCLOAK_JAVA_HOME")
     if explicit:
         return Path(explicit)
     wanted = versions.KEYCLOAK_JAVA.get(keycloak_version, (25, 21, 17))
     found: dict[int, Path] = {}
-    jvm_root = Path("/usr/lib/jvm")
     for candidate in sorted(jvm_root.iterdir()) if jvm_root.is_dir() else []:
         release = candidate / "release"
         if candidate.is_symlink() or not (candidate / "bin" / "java").exists() or not release.exists():
@@ -227,7 +226,7 @@ def find_java_home(keycloak_version: str) -> Path:
             return found[feature]
     raise PrerequisiteMissing(
         f"Keycloak {keycloak_version} needs a JDK of release {' or '.join(map(str, wanted))}; found "
-        f"{sorted(found) or 'none'} under /usr/lib/jvm. Install one (Debian: apt-get install "
+        f"{sorted(found) or 'none'} under {jvm_root}. Install one (Debian: apt-get install "
         f"openjdk-{wanted[-1]}-jdk-headless) or set KCMAIL_KEYCLOAK_JAVA_HOME."
     )
 
