@@ -16,7 +16,7 @@ components: $(BIN)/kcmail
 	$(BIN)/kcmail dev build --keycloak-version 26.7.3 --keycloak-version 26.4.7
 
 lint: $(BIN)/kcmail
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests
 
 test: lint components
 	$(BIN)/pytest
