@@ -7,12 +7,14 @@ to reuse it (quick iterations); otherwise the session starts its own and stops i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from kcmail.devenv import environment
+from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
 
 
@@ -28,3 +30,23 @@ def devenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]:
         yield env
     finally:
         environment.down(state_dir)
+
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def kubectl(devenv: Environment) -> Kubectl:
+    """Run the environment's own kubectl against its API server; never raises on a non-zero exit."""
+
+    def run(*args: str, stdin: str | None = None, kubeconfig: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        cmd: Sequence[str] = [str(devenv.kubectl), f"--kubeconfig={kubeconfig or devenv.kubeconfig}", *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def keycloak_admin(devenv: Environment) -> KeycloakAdminAPI:
+    return KeycloakAdminAPI(devenv)

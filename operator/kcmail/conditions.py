@@ -33,6 +33,7 @@ class Reason(enum.StrEnum):
     DELIVERING = "Delivering"
     PROBES_DISABLED = "ProbesDisabled"
     PROGRESSING = "Progressing"
+    CONNECTED = "Connected"
     # Inputs.
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"

@@ -9,6 +9,8 @@ words and never a secret.
 from __future__ import annotations
 
 import json
+import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +42,15 @@ class AdminCredentials:
 
 
 _TIMEOUT_SECONDS = 15
+# The server version changes only with an upgrade; re-reading it now and then is enough to notice one.
+_VERSION_MAX_AGE_SECONDS = 300.0
 
 
 class KeycloakClient:
     """One admin client per Keycloak connection; its token is reused across reconciles."""
 
     def __init__(self, url: str, admin_realm: str, credentials: AdminCredentials,
-                 verify: bool | str = True) -> None:
+                 verify: bool | str | ssl.SSLContext = True) -> None:
         # python-keycloak joins paths with urljoin: a base URL with a path prefix needs its trailing /.
         self.url = url.rstrip("/") + "/"
         connection = KeycloakOpenIDConnection(
@@ -57,14 +61,20 @@ class KeycloakClient:
             verify=verify, timeout=_TIMEOUT_SECONDS,
         )
         self._admin = KeycloakAdmin(connection=connection)
+        self._version: tuple[float, Version] | None = None
 
     async def aclose(self) -> None:
         await self._admin.connection.aclose()
         await self._admin.connection.keycloak_openid.connection.aclose()
 
-    async def version(self) -> Version:
+    async def version(self, *, fresh: bool = False) -> Version:
+        """The server's version, re-read at most every few minutes unless ``fresh``."""
+        if self._version is not None and not fresh and time.monotonic() - self._version[0] < _VERSION_MAX_AGE_SECONDS:
+            return self._version[1]
         info = await self._call("read the server version", self._admin.a_get_server_info)
-        return parse_version(str(info.get("systemInfo", {}).get("version", "")))
+        version = parse_version(str(info.get("systemInfo", {}).get("version", "")))
+        self._version = (time.monotonic(), version)
+        return version
 
     async def read_realm(self, realm: str) -> dict[str, Any]:
         return dict(await self._call(f"read realm {realm!r}", self._admin.a_get_realm, realm, realm=realm))

@@ -46,3 +46,29 @@ def issuer_token(env: Environment, *, client_id: str | None = None, client_secre
         "client_secret": client_secret or env.issuer_client_secret,
         "scope": scope or env.issuer_scope,
     })
+
+
+def _as_attribute(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def realm_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between two reads of a realm, ``smtpServer`` aside, in plain words.
+
+    Keycloak 26 stores a few settings that a new realm only shows as top-level defaults (session
+    timeouts ``0``, ``scimApiEnabled`` false) as attributes on the first full PUT. An attribute that
+    appears holding exactly the value the realm already showed at top level changes nothing and is not
+    reported; any other difference is.
+    """
+    changes = []
+    for key in sorted((set(before) | set(after)) - {"smtpServer", "attributes"}):
+        if before.get(key) != after.get(key):
+            changes.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")
+    old, new = before.get("attributes") or {}, after.get("attributes") or {}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key not in old and key in before and new[key] == _as_attribute(before[key]):
+            continue
+        changes.append(f"attributes.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes

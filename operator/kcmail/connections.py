@@ -1,0 +1,173 @@
+"""KeycloakConnection and ClusterKeycloakConnection: who may use them, how to reach Keycloak, and one
+admin client per connection kept for the operator's lifetime.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kcmail.conditions import Failure, Reason
+from kcmail.keycloak import AdminCredentials, KeycloakClient
+from kcmail.kube import Kube, Secret
+from kcmail.spec import ConnectionKind
+
+
+class ConnectionFailure(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class ConnectionKey:
+    kind: ConnectionKind
+    name: str
+    namespace: str | None
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind.value} {where}{self.name}"
+
+
+@dataclass(frozen=True)
+class ResolvedConnection:
+    key: ConnectionKey
+    url: str
+    admin_realm: str
+    credentials: AdminCredentials = field(repr=False)
+    ca_pem: str = field(default="", repr=False)
+    insecure_skip_verify: bool = False
+    allowed_namespaces: Mapping[str, Any] | None = None
+    allowed_realms: tuple[str, ...] = ("*",)
+    # Changes whenever anything that shapes the admin client changes (URL, credentials, CA).
+    fingerprint: str = ""
+
+
+def normalized_url(url: str) -> str:
+    """The Keycloak base URL in one spelling, so two Connections to one Keycloak compare equal."""
+    return url.strip().rstrip("/").lower()
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """Kubernetes LabelSelector semantics: absent selects everything; all terms must hold."""
+    if selector is None:
+        return True
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        present = key in labels
+        if operator == "In" and (not present or labels[key] not in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def realm_allowed(patterns: Sequence[str], realm: str) -> bool:
+    return any(fnmatch.fnmatchcase(realm, pattern) for pattern in patterns)
+
+
+def _fingerprint(*parts: str) -> str:
+    # Only a comparison key kept in memory; never written anywhere.
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespace: str) -> ResolvedConnection:
+    """Read a Connection and its Secrets. Raises ConnectionFailure with a catalogue reason."""
+    namespace = referrer_namespace if kind is ConnectionKind.NAMESPACED else None
+    key = ConnectionKey(kind, name, namespace)
+    obj = await kube.connection(kind, name, namespace)
+    if obj is None:
+        raise ConnectionFailure(Failure(Reason.CONNECTION_NOT_FOUND, f"{key} does not exist", needs_person=True))
+    spec = obj.get("spec", {})
+    ref = spec.get("credentialsSecretRef", {})
+    secret_ns = ref.get("namespace") if kind is ConnectionKind.CLUSTER else namespace
+    credentials_secret = await _secret(kube, secret_ns or "", ref.get("name", ""), f"{key} credentials")
+    credentials = _admin_credentials(credentials_secret, key)
+    tls = spec.get("tls") or {}
+    ca_pem, ca_version = "", ""
+    if tls.get("caSecretRef"):
+        ca_ref = tls["caSecretRef"]
+        ca_ns = ca_ref.get("namespace") if kind is ConnectionKind.CLUSTER else namespace
+        ca_secret = await _secret(kube, ca_ns or "", ca_ref["name"], f"{key} CA")
+        ca_key = ca_ref.get("key", "ca.crt")
+        if ca_key not in ca_secret.data:
+            raise ConnectionFailure(Failure(
+                Reason.SECRET_KEY_MISSING, f'Secret {ca_secret.namespace}/{ca_secret.name} has no key "{ca_key}" '
+                f"(the CA of {key})", needs_person=True))
+        ca_pem, ca_version = ca_secret.data[ca_key], ca_secret.version
+    url = spec.get("url", "")
+    return ResolvedConnection(
+        key=key, url=url, admin_realm=spec.get("adminRealm", "master"), credentials=credentials, ca_pem=ca_pem,
+        insecure_skip_verify=bool(tls.get("insecureSkipVerify", False)),
+        allowed_namespaces=spec.get("allowedNamespaces") if kind is ConnectionKind.CLUSTER else None,
+        allowed_realms=tuple(spec.get("allowedRealms") or ("*",)),
+        fingerprint=_fingerprint(url, spec.get("adminRealm", "master"), credentials_secret.version, ca_version,
+                                 str(tls.get("insecureSkipVerify", False))),
+    )
+
+
+async def _secret(kube: Kube, namespace: str, name: str, purpose: str) -> Secret:
+    secret = await kube.secret(namespace, name)
+    if secret is None:
+        raise ConnectionFailure(Failure(Reason.SECRET_NOT_FOUND,
+                                        f"Secret {namespace}/{name} ({purpose}) does not exist", needs_person=True))
+    return secret
+
+
+def _admin_credentials(secret: Secret, key: ConnectionKey) -> AdminCredentials:
+    data = secret.data
+    if data.get("client-id") and data.get("client-secret"):
+        return AdminCredentials(client_id=data["client-id"], client_secret=data["client-secret"])
+    if data.get("username") and data.get("password"):
+        return AdminCredentials(username=data["username"], password=data["password"])
+    raise ConnectionFailure(Failure(
+        Reason.SECRET_KEY_MISSING,
+        f"Secret {secret.namespace}/{secret.name} (credentials of {key}) needs the keys client-id and "
+        "client-secret, or username and password", needs_person=True))
+
+
+def tls_context(ca_bundle: str | None, connection_ca_pem: str) -> ssl.SSLContext:
+    """System CAs, plus the operator's CA bundle file, plus the Connection's own CA."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    if connection_ca_pem:
+        context.load_verify_locations(cadata=connection_ca_pem)
+    return context
+
+
+class KeycloakClients:
+    """One :class:`KeycloakClient` per Connection, rebuilt when its fingerprint changes."""
+
+    def __init__(self, ca_bundle: str | None = None) -> None:
+        self._ca_bundle = ca_bundle
+        self._clients: dict[ConnectionKey, tuple[str, KeycloakClient]] = {}
+
+    async def get(self, connection: ResolvedConnection) -> KeycloakClient:
+        held = self._clients.get(connection.key)
+        if held is not None and held[0] == connection.fingerprint:
+            return held[1]
+        if held is not None:
+            await held[1].aclose()
+        verify: ssl.SSLContext | bool = (
+            False if connection.insecure_skip_verify else tls_context(self._ca_bundle, connection.ca_pem))
+        keycloak = KeycloakClient(connection.url, connection.admin_realm, connection.credentials, verify=verify)
+        self._clients[connection.key] = (connection.fingerprint, keycloak)
+        return keycloak
+
+    async def aclose(self) -> None:
+        for _, keycloak in self._clients.values():
+            await keycloak.aclose()
+        self._clients.clear()

@@ -1,0 +1,100 @@
+"""The operator on the local environment: CRDs, an admin Connection, realms, and `kcmail run` as a process.
+
+Shared by the end-to-end tests, the demo and the benchmarks, so that all three set kcmail up the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kcmail.devenv.clients import KeycloakAdminAPI
+from kcmail.devenv.environment import Environment
+from kcmail.devenv.processes import ProcessRegistry, ServerProcess
+
+REPO = Path(__file__).resolve().parents[3]
+CRDS = REPO / "crds"
+SYSTEM_NAMESPACE = "kcmail-system"
+CONNECTION = "main"
+
+
+def kubectl(env: Environment, *args: str, stdin: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The environment's kubectl as its admin; never raises on a non-zero exit."""
+    return subprocess.run([str(env.kubectl), f"--kubeconfig={env.kubeconfig}", *args], input=stdin,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def apply(env: Environment, *objects: Mapping[str, Any]) -> None:
+    """kubectl apply of JSON objects; raises with kubectl's own message on failure."""
+    result = kubectl(env, "apply", "-f", "-", stdin="\n".join(json.dumps(o) for o in objects))
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl apply failed: {result.stderr.strip()}")
+
+
+def install_crds(env: Environment) -> None:
+    for step in (["apply", "--server-side", "-f", str(CRDS)],
+                 ["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/name=kcmail",
+                  "--timeout=60s"]):
+        result = kubectl(env, *step)
+        if result.returncode != 0:
+            raise RuntimeError(f"kubectl {step[0]} of the CRDs failed: {result.stderr.strip()}")
+
+
+def namespace(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+def secret(namespace: str, name: str, data: Mapping[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "type": "Opaque", "stringData": dict(data)}
+
+
+def install_connection(env: Environment, name: str = CONNECTION) -> None:
+    """A ClusterKeycloakConnection to the environment's Keycloak, as its bootstrap admin."""
+    apply(env, namespace(SYSTEM_NAMESPACE),
+          secret(SYSTEM_NAMESPACE, "kcmail-admin", {"username": env.keycloak_admin_user,
+                                                    "password": env.keycloak_admin_password}),
+          secret(SYSTEM_NAMESPACE, "keycloak-ca", {"ca.crt": env.ca_file.read_text()}),
+          {"apiVersion": "kcmail.io/v1alpha1", "kind": "ClusterKeycloakConnection", "metadata": {"name": name},
+           "spec": {"url": env.keycloak_url,
+                    "credentialsSecretRef": {"name": "kcmail-admin", "namespace": SYSTEM_NAMESPACE},
+                    "tls": {"caSecretRef": {"name": "keycloak-ca", "namespace": SYSTEM_NAMESPACE}}}})
+
+
+def create_realm(env: Environment, realm: str) -> None:
+    response = KeycloakAdminAPI(env).request("POST", "", json={"realm": realm, "enabled": True})
+    if response.status_code not in (201, 409):
+        raise RuntimeError(f"creating realm {realm!r}: {response.status_code} {response.text[:200]}")
+
+
+def xoauth2_mailconfig(env: Environment, namespace: str, name: str, realm: str, *, secret_name: str,
+                       mailbox: str = "no-reply@acme.example", **spec: Any) -> dict[str, Any]:
+    """A MailConfig for the environment's SMTP server and issuer; ``spec`` overrides top-level fields."""
+    body: dict[str, Any] = {
+        "connectionRef": {"kind": "ClusterKeycloakConnection", "name": CONNECTION},
+        "realm": realm,
+        "smtp": {"host": "localhost", "port": env.smtp_starttls_port, "security": "StartTLS"},
+        "sender": {"from": mailbox, "fromDisplayName": f"{realm} mail"},
+        "auth": {"type": "XOAUTH2", "username": mailbox,
+                 "xoauth2": {"tokenURL": env.issuer_token_url, "scope": env.issuer_scope,
+                             "clientSecretRef": {"name": secret_name}}},
+    }
+    body.update(spec)
+    return {"apiVersion": "kcmail.io/v1alpha1", "kind": "MailConfig",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def issuer_secret(env: Environment, namespace: str, name: str) -> dict[str, Any]:
+    return secret(namespace, name, {"client-id": env.issuer_client_id, "client-secret": env.issuer_client_secret})
+
+
+def start_operator(env: Environment, registry: ProcessRegistry, *, name: str = "operator",
+                   args: Sequence[str] = ()) -> ServerProcess:
+    """`kcmail run` against the environment's API server, its log in the state directory."""
+    return registry.start(name, [sys.executable, "-m", "kcmail.cli", "run", *args],
+                          env={"KUBECONFIG": str(env.kubeconfig), "PYTHONUNBUFFERED": "1"})

@@ -1,0 +1,246 @@
+"""kopf registrations only: settings, indices, the per-MailConfig loop and the events that wake it.
+
+Each MailConfig has one daemon that runs the reconcile, so reconciles of one object never overlap;
+events (its own spec or annotation, a referenced Secret or Connection) only wake that daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from typing import Any
+
+import kopf
+
+from kcmail.connections import KeycloakClients, normalized_url
+from kcmail.kube import MAILCONFIGS, Kube, load_client_config
+from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
+from kcmail.runtime import OperatorOptions, Runtime, backoff, jittered
+from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
+
+OPTIONS = OperatorOptions()
+_runtime: Runtime | None = None
+log = logging.getLogger("kcmail")
+
+
+def configure(options: OperatorOptions) -> None:
+    """Set by ``kcmail run`` before kopf starts."""
+    global OPTIONS
+    OPTIONS = options
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("the operator has not started")
+    return _runtime
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _runtime
+    settings.persistence.finalizer = "kcmail.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kcmail.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kcmail.io")
+    settings.posting.level = logging.WARNING
+    # Reconnect a watch that went silent; bookmarks keep a healthy one talking.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 8
+    kube = Kube(load_client_config())
+    clients = KeycloakClients(ca_bundle=OPTIONS.ca_bundle)
+    _runtime = Runtime(kube=kube, clients=clients, reconciler=Reconciler(kube, clients))
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if _runtime is not None:
+        await _runtime.clients.aclose()
+
+
+@kopf.on.probe(id="keycloak-clients")
+def liveness(**_: Any) -> str:
+    return "ok" if _runtime is not None else "starting"
+
+
+# --- indices: populated before any handler runs, so no MailConfig acts on a half-known cluster ----------
+
+@kopf.index(GROUP, VERSION, MAILCONFIGS)
+def realm_claims(namespace: str, name: str, uid: str, meta: Any, spec: Any, **_: Any) -> dict[str, Any]:
+    ref = spec.get("connectionRef") or {}
+    kind = ref.get("kind", ConnectionKind.CLUSTER.value)
+    connection = (kind, namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name"))
+    return {spec.get("realm", ""): (namespace, name, uid, meta.get("creationTimestamp", ""), connection)}
+
+
+@kopf.index(GROUP, VERSION, MAILCONFIGS)
+def secret_users(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str] | None:
+    try:
+        secret = MailConfigSpec.parse(spec).auth.secret_name
+    except SpecError:
+        return None
+    return {(namespace, secret): f"{namespace}/{name}"} if secret else None
+
+
+@kopf.index(GROUP, VERSION, MAILCONFIGS)
+def connection_users(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
+    ref = spec.get("connectionRef") or {}
+    kind = ref.get("kind", ConnectionKind.CLUSTER.value)
+    return {(kind, namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name")):
+            f"{namespace}/{name}"}
+
+
+@kopf.index(GROUP, VERSION, "keycloakconnections")
+def namespaced_urls(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
+    return {(ConnectionKind.NAMESPACED.value, namespace, name): normalized_url(spec.get("url", ""))}
+
+
+@kopf.index(GROUP, VERSION, "clusterkeycloakconnections")
+def cluster_urls(name: str, spec: Any, **_: Any) -> dict[Any, str]:
+    return {(ConnectionKind.CLUSTER.value, None, name): normalized_url(spec.get("url", ""))}
+
+
+def _claims(realm: str, realm_claims: kopf.Index, namespaced_urls: kopf.Index,
+            cluster_urls: kopf.Index) -> list[Claim]:
+    claims = []
+    for namespace, name, uid, created, connection in realm_claims.get(realm, []):
+        urls = cluster_urls if connection[0] == ConnectionKind.CLUSTER.value else namespaced_urls
+        url = next(iter(urls.get(connection, [])), "")
+        claims.append(Claim(namespace=namespace, name=name, uid=uid, created=created, keycloak_url=url,
+                            realm=realm))
+    return claims
+
+
+# --- the MailConfig loop ----------------------------------------------------------------------------
+
+@kopf.daemon(GROUP, VERSION, MAILCONFIGS, cancellation_timeout=10.0)
+async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_claims: kopf.Index,
+                          namespaced_urls: kopf.Index, cluster_urls: kopf.Index, **_: Any) -> None:
+    rt = runtime()
+    key = f"{body.metadata.namespace}/{body.metadata.name}"
+    waker = rt.waker(key)
+    attempt = 0
+    try:
+        while not stopped:
+            waker.clear()
+            obj = MailConfigObject.from_body(body)
+            result = await rt.reconciler.reconcile(
+                obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
+            await _report(rt, body, obj, result)
+            attempt = attempt + 1 if result.retry else 0
+            await _sleep(rt, waker, stopped, _next_delay(rt, obj, attempt))
+    finally:
+        rt.forget(key)
+
+
+def _next_delay(rt: Runtime, obj: MailConfigObject, attempt: int) -> float:
+    try:
+        interval = MailConfigSpec.parse(obj.spec).interval
+    except SpecError:
+        return 600.0
+    return backoff(attempt, interval) if attempt else jittered(interval, rt.rng)
+
+
+async def _sleep(rt: Runtime, waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    woken = asyncio.ensure_future(waker.wait())
+    halted = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({woken, halted}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (woken, halted):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _report(rt: Runtime, body: kopf.Body, obj: MailConfigObject, result: Result) -> None:
+    if any(obj.status.get(k) != v for k, v in result.status.items()):
+        await rt.kube.patch_status(MAILCONFIGS, obj.name, obj.namespace, result.status)
+    for event in result.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        level = logging.INFO if event.type == "Normal" else logging.WARNING
+        log.log(level, "MailConfig %s: %s: %s", obj.id, event.reason, event.message)
+
+
+# --- what wakes a loop ------------------------------------------------------------------------------
+
+@kopf.on.event(GROUP, VERSION, MAILCONFIGS)
+def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any,
+                       connection_users: kopf.Index, realm_claims: kopf.Index, **_: Any) -> None:
+    rt = runtime()
+    if type == "DELETED":
+        # The owner of a realm is gone: the next claim in line takes over at once.
+        for peer_ns, peer_name, *_rest in realm_claims.get(spec.get("realm", ""), []):
+            rt.wake(f"{peer_ns}/{peer_name}")
+        return
+    rt.wake_on_change(f"{namespace}/{name}", body)
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_changed(namespace: str, name: str, secret_users: kopf.Index, **_: Any) -> None:
+    # Every Secret in the watched namespaces streams through here; only referenced ones matter.
+    for user in secret_users.get((namespace, name), []):
+        runtime().wake(user)
+
+
+@kopf.on.event(GROUP, VERSION, "keycloakconnections")
+def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, connection_users: kopf.Index,
+                                  **_: Any) -> None:
+    _wake_users(body, connection_users, (ConnectionKind.NAMESPACED.value, namespace, name))
+
+
+@kopf.on.event(GROUP, VERSION, "clusterkeycloakconnections")
+def cluster_connection_changed(body: kopf.Body, name: str, connection_users: kopf.Index, **_: Any) -> None:
+    _wake_users(body, connection_users, (ConnectionKind.CLUSTER.value, None, name))
+
+
+def _wake_users(body: kopf.Body, connection_users: kopf.Index, key: tuple[Any, ...]) -> None:
+    # A spec change reaches every MailConfig using the Connection; its own status writes do not.
+    rt = runtime()
+    if not rt.connection_changed(key, body.get("metadata", {}).get("generation")):
+        return
+    for user in connection_users.get(key, []):
+        rt.wake(user)
+
+
+# --- deletion ---------------------------------------------------------------------------------------
+
+@kopf.on.delete(GROUP, VERSION, MAILCONFIGS)
+async def mailconfig_deleted(body: kopf.Body, realm_claims: kopf.Index, namespaced_urls: kopf.Index,
+                             cluster_urls: kopf.Index, **_: Any) -> None:
+    rt = runtime()
+    obj = MailConfigObject.from_body(body)
+    result = await rt.reconciler.finalize(
+        obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
+    await _report(rt, body, obj, result)
+    if result.retry:
+        raise kopf.TemporaryError("waiting for Keycloak to clear the realm's SMTP settings", delay=15)
+
+
+# --- connections: reachable, logged in, which version -------------------------------------------------
+
+CONNECTION_CHECK_SECONDS = 300.0
+
+
+async def _check(kind: ConnectionKind, body: kopf.Body, patch: kopf.Patch) -> None:
+    rt = runtime()
+    status = await check_connection(rt.kube, rt.clients, kind, body, datetime.datetime.now(datetime.UTC))
+    if any((body.get("status") or {}).get(k) != v for k, v in status.items()):
+        patch.status.update(status)
+
+
+@kopf.on.resume(GROUP, VERSION, "keycloakconnections")
+@kopf.on.create(GROUP, VERSION, "keycloakconnections")
+@kopf.on.update(GROUP, VERSION, "keycloakconnections")
+@kopf.timer(GROUP, VERSION, "keycloakconnections", interval=CONNECTION_CHECK_SECONDS, initial_delay=30)
+async def namespaced_connection_check(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await _check(ConnectionKind.NAMESPACED, body, patch)
+
+
+@kopf.on.resume(GROUP, VERSION, "clusterkeycloakconnections")
+@kopf.on.create(GROUP, VERSION, "clusterkeycloakconnections")
+@kopf.on.update(GROUP, VERSION, "clusterkeycloakconnections")
+@kopf.timer(GROUP, VERSION, "clusterkeycloakconnections", interval=CONNECTION_CHECK_SECONDS, initial_delay=30)
+async def cluster_connection_check(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    await _check(ConnectionKind.CLUSTER, body, patch)

@@ -1,0 +1,75 @@
+"""What the operator holds for its lifetime: the Kubernetes and Keycloak clients, the reconciler, and one
+wake-up signal per MailConfig so that a Secret, Connection or annotation change reaches its loop at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from kcmail.connections import KeycloakClients
+from kcmail.kube import Kube
+from kcmail.reconcile import REQUESTED_AT, Reconciler
+
+# Backoff for failures that can pass (Keycloak down, 5xx): from a few seconds up to the interval.
+RETRY_FIRST_SECONDS = 2.0
+RETRY_MAX_SECONDS = 300.0
+JITTER = 0.1
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    namespaces: tuple[str, ...] = ()
+    ca_bundle: str | None = None
+    liveness: str | None = None
+
+
+def jittered(interval: datetime.timedelta, rng: random.Random) -> float:
+    """The interval ±10 %, so that MailConfigs created together do not stay in lockstep."""
+    seconds = interval.total_seconds()
+    return seconds * (1 + rng.uniform(-JITTER, JITTER))
+
+
+def backoff(attempt: int, interval: datetime.timedelta) -> float:
+    """2, 4, 8 … seconds, capped by the interval and by five minutes."""
+    return min(RETRY_FIRST_SECONDS * 2 ** max(attempt - 1, 0), interval.total_seconds(), RETRY_MAX_SECONDS)
+
+
+@dataclass
+class Runtime:
+    kube: Kube
+    clients: KeycloakClients
+    reconciler: Reconciler
+    rng: random.Random = field(default_factory=random.Random)
+    _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    _connection_generations: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def waker(self, key: str) -> asyncio.Event:
+        return self._wakers.setdefault(key, asyncio.Event())
+
+    def forget(self, key: str) -> None:
+        self._wakers.pop(key, None)
+        self._seen.pop(key, None)
+
+    def wake(self, key: str) -> None:
+        waker = self._wakers.get(key)
+        if waker is not None:
+            waker.set()
+
+    def wake_on_change(self, key: str, body: Any) -> None:
+        """Wake a MailConfig's loop when its spec or requested-at annotation changed, not on status writes."""
+        meta = body.get("metadata", {})
+        mark = (meta.get("generation"), (meta.get("annotations") or {}).get(REQUESTED_AT))
+        if self._seen.get(key) != mark:
+            self._seen[key] = mark
+            self.wake(key)
+
+    def connection_changed(self, key: tuple[Any, ...], generation: Any) -> bool:
+        """True the first time a Connection is seen and whenever its spec changes."""
+        changed = self._connection_generations.get(key) != generation
+        self._connection_generations[key] = generation
+        return changed

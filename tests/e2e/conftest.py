@@ -1,0 +1,119 @@
+"""The whole operator (`kcmail run` as a process) against the local environment.
+
+One operator serves the session; each test works in its own namespace and its own Keycloak realm, so
+tests never see each other's objects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from kcmail.devenv import operator_env
+from kcmail.devenv.clients import KeycloakAdminAPI
+from kcmail.devenv.environment import Environment
+from kcmail.devenv.processes import ProcessRegistry, ServerProcess
+
+
+@dataclass
+class Operator:
+    registry: ProcessRegistry
+    process: ServerProcess
+
+    def log(self) -> str:
+        return self.process.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def kcmail_installed(devenv: Environment) -> Environment:
+    operator_env.install_crds(devenv)
+    operator_env.install_connection(devenv)
+    return devenv
+
+
+@pytest.fixture(scope="session")
+def operator(kcmail_installed: Environment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    registry = ProcessRegistry(tmp_path_factory.mktemp("operator"))
+    process = operator_env.start_operator(kcmail_installed, registry)
+    try:
+        yield Operator(registry, process)
+    finally:
+        registry.stop_all()
+
+
+@dataclass
+class Tenant:
+    """A namespace and a realm of a test's own."""
+
+    env: Environment
+    namespace: str
+    realm: str
+    admin: KeycloakAdminAPI
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        operator_env.apply(self.env, *objects)
+
+    def kubectl(self, *args: str, stdin: str | None = None):
+        return operator_env.kubectl(self.env, "-n", self.namespace, *args, stdin=stdin)
+
+    def secret(self, name: str = "smtp-oauth", **data: str) -> dict[str, Any]:
+        if not data:
+            return operator_env.issuer_secret(self.env, self.namespace, name)
+        return operator_env.secret(self.namespace, name, data)
+
+    def mailconfig(self, name: str = "mail", secret_name: str = "smtp-oauth", **spec: Any) -> dict[str, Any]:
+        return operator_env.xoauth2_mailconfig(self.env, self.namespace, name, self.realm,
+                                               secret_name=secret_name, **spec)
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        result = self.kubectl("get", kind, name, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def condition(self, name: str, kind: str = "Ready") -> dict[str, Any] | None:
+        status = self.get("mailconfig", name).get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], name: str = "mail", *,
+                 timeout: float = 60, what: str = "the expected status") -> dict[str, Any]:
+        """Poll the MailConfig until ``predicate(object)`` holds; fail with the last status seen."""
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            obj = self.get("mailconfig", name)
+            if predicate(obj):
+                return obj
+            time.sleep(0.5)
+        raise AssertionError(f"{what} not reached in {timeout} s; status: {json.dumps(obj.get('status'), indent=1)}")
+
+    def wait_condition(self, status: str, reason: str | None = None, name: str = "mail", kind: str = "Ready", *,
+                       timeout: float = 60) -> dict[str, Any]:
+        def holds(obj: dict[str, Any]) -> bool:
+            meta, st = obj["metadata"], obj.get("status") or {}
+            cond = next((c for c in st.get("conditions", []) if c["type"] == kind), None)
+            return (cond is not None and cond["status"] == status and (reason is None or cond["reason"] == reason)
+                    and st.get("observedGeneration") == meta.get("generation"))
+        return self.wait_for(holds, name, timeout=timeout, what=f"{kind}={status} ({reason})")
+
+    def smtp_server(self) -> dict[str, str]:
+        return dict(self.admin.realm(self.realm).get("smtpServer") or {})
+
+    def events(self, name: str = "mail") -> list[dict[str, Any]]:
+        result = self.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["items"]
+
+
+@pytest.fixture
+def tenant(kcmail_installed: Environment, keycloak_admin: KeycloakAdminAPI) -> Tenant:
+    suffix = uuid.uuid4().hex[:8]
+    namespace, realm = f"t-{suffix}", f"realm-{suffix}"
+    operator_env.apply(kcmail_installed, operator_env.namespace(namespace))
+    operator_env.create_realm(kcmail_installed, realm)
+    return Tenant(env=kcmail_installed, namespace=namespace, realm=realm, admin=keycloak_admin)

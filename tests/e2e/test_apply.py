@@ -1,0 +1,36 @@
+"""A MailConfig reaches its realm: the settings Keycloak holds, nothing else touched, a mail delivered."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from kcmail.devenv.clients import realm_changes
+from kcmail.devenv.mail_spool import wait_for_message
+
+pytestmark = pytest.mark.e2e
+
+
+def test_mailconfig_becomes_ready_and_keycloak_sends_with_its_settings(operator, tenant):
+    before = tenant.admin.realm(tenant.realm)
+    tenant.apply(tenant.secret(), tenant.mailconfig())
+    ready = tenant.wait_condition("True", "InSync")
+
+    stored = tenant.smtp_server()
+    assert stored["authType"] == "token"
+    assert stored["authTokenClientSecret"] == "**********"
+    assert stored["authTokenClientId"] == tenant.env.issuer_client_id
+    assert stored["port"] == str(tenant.env.smtp_starttls_port)
+    assert ready["status"]["keycloakVersion"] == tenant.env.keycloak_version
+    assert ready["status"]["appliedSecretVersion"].count("/") == 1
+
+    assert realm_changes(before, tenant.admin.realm(tenant.realm)) == []
+
+    since = datetime.datetime.now(datetime.UTC)
+    sent = tenant.admin.request("POST", f"/{tenant.realm}/testSMTPConnection", json=stored)
+    assert sent.status_code == 204, sent.text
+    message = wait_for_message(tenant.env.smtp_spool, lambda m: m.received_at >= since
+                               and tenant.env.keycloak_admin_email in m.rcpt_tos, timeout=30)
+    assert message.auth is not None
+    assert (message.auth.mechanism, message.auth.client_id) == ("XOAUTH2", tenant.env.issuer_client_id)
