@@ -23,6 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     actions.add_parser("down", help="stop every server that `up` started")
     actions.add_parser("status", help="which servers are running")
     dev.set_defaults(handler=run)
+    demo = subparsers.add_parser("demo", help="the operator's main job on the local environment, end to end")
+    demo.add_argument("--dir", type=Path, default=None, help="state directory of the local environment")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kcmail.devenv import demo
+
+    try:
+        return demo.main(args.dir)
+    except components.PrerequisiteMissing as error:
+        print(f"kcmail demo: missing prerequisite: {error}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:
