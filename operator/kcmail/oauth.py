@@ -1,0 +1,140 @@
+"""The token request Keycloak makes before it sends mail, made the same way, with its errors classified.
+
+Keycloak asks ``authTokenUrl`` for a token with the client-credentials grant, client_secret_post (client
+ID and secret in the form body, no Basic header) and ``authTokenScope``. kcmail asks exactly that, so a
+failure here is the failure Keycloak will meet. Tokens are cached per (URL, client, scope, Secret
+version) and reused until shortly before they expire: steady probing costs one request per token life.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from kcmail.conditions import Failure, Reason
+
+# Keycloak assumes 60 s when the answer has no expires_in; so do we.
+DEFAULT_EXPIRES_IN = 60
+# Renew a cached token this much before it expires, so a probe never presents one about to lapse.
+RENEW_BEFORE = datetime.timedelta(seconds=60)
+_INVALID_CLIENT = {"invalid_client", "unauthorized_client"}
+
+
+@dataclass(frozen=True)
+class Token:
+    access_token: str = field(repr=False)
+    expires_at: datetime.datetime
+
+
+class TokenFailure(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def classify_response(status: int, body: bytes, content_type: str, now: datetime.datetime) -> Token | Failure:
+    """A token endpoint's answer → a token, or the reason it is not one (pure)."""
+    try:
+        data: Any = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if not isinstance(data, Mapping):
+        kind = content_type.split(";")[0].strip() or "no content type"
+        return Failure(Reason.TOKEN_ENDPOINT_ERROR,
+                       f"token endpoint answered HTTP {status} with a body that is not a JSON object ({kind})")
+    error = data.get("error")
+    if error or status >= 400:
+        description = str(data.get("error_description") or "").strip()
+        words = f"{error or 'no error code'}" + (f": {description}" if description else "")
+        message = f"token endpoint answered HTTP {status}: {words}"
+        if error in _INVALID_CLIENT:
+            return Failure(Reason.INVALID_CLIENT, message)
+        if error == "invalid_scope":
+            return Failure(Reason.INVALID_SCOPE, message)
+        return Failure(Reason.TOKEN_ENDPOINT_ERROR, message)
+    token = data.get("access_token")
+    if not isinstance(token, str) or not token:
+        return Failure(Reason.TOKEN_ENDPOINT_ERROR,
+                       f"token endpoint answered HTTP {status} without an access_token")
+    try:
+        expires_in = int(data.get("expires_in", DEFAULT_EXPIRES_IN))
+    except (TypeError, ValueError):
+        expires_in = DEFAULT_EXPIRES_IN
+    return Token(access_token=token, expires_at=now + datetime.timedelta(seconds=expires_in))
+
+
+def _unreachable(url: str, error: Exception) -> Failure:
+    host = httpx.URL(url).host
+    cause: BaseException = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        nested = cause.__cause__ or cause.__context__
+        assert nested is not None
+        cause = nested
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = f"TLS certificate not trusted: {cause.verify_message or cause.reason}"
+    elif isinstance(cause, ssl.SSLError):
+        detail = f"TLS handshake failed: {cause.reason or cause}"
+    elif isinstance(error, httpx.TimeoutException):
+        detail = f"timed out ({type(error).__name__})"
+    else:
+        detail = f"{type(cause).__name__}: {cause}"
+    return Failure(Reason.TOKEN_ENDPOINT_UNREACHABLE, f"cannot reach the token endpoint at {host}: {detail}")
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str
+    secret_version: str
+
+    @property
+    def cache_key(self) -> tuple[str, str, str, str]:
+        return (self.url, self.client_id, self.scope, self.secret_version)
+
+
+class TokenClient:
+    """Requests tokens and caches them; one instance for the operator's lifetime."""
+
+    def __init__(self, http: httpx.AsyncClient,
+                 now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)) -> None:
+        self._http = http
+        self._now = now
+        self._cache: dict[tuple[str, str, str, str], Token] = {}
+        self.requests_made = 0
+
+    async def token(self, request: TokenRequest) -> Token:
+        """A valid token for ``request``: cached while it has more than a minute left, else a new one."""
+        cached = self._cache.get(request.cache_key)
+        if cached is not None and cached.expires_at - RENEW_BEFORE > self._now():
+            return cached
+        token = await self._request(request)
+        self._cache[request.cache_key] = token
+        return token
+
+    def forget(self, request: TokenRequest) -> None:
+        """Drop a cached token the SMTP server refused, so the next probe asks for a fresh one."""
+        self._cache.pop(request.cache_key, None)
+
+    async def _request(self, request: TokenRequest) -> Token:
+        form = {"grant_type": "client_credentials", "client_id": request.client_id,
+                "client_secret": request.client_secret}
+        if request.scope:
+            form["scope"] = request.scope
+        self.requests_made += 1
+        try:
+            response = await self._http.post(request.url, data=form, headers={"Accept": "application/json"})
+        except httpx.HTTPError as error:
+            raise TokenFailure(_unreachable(request.url, error)) from None
+        outcome = classify_response(response.status_code, response.content,
+                                    response.headers.get("content-type", ""), self._now())
+        if isinstance(outcome, Failure):
+            raise TokenFailure(outcome)
+        return outcome

@@ -1,0 +1,216 @@
+"""Meet the SMTP server as Keycloak will: connect, TLS, EHLO, AUTH (XOAUTH2 in Keycloak's SASL form, or
+PLAIN/LOGIN), optionally send a labelled probe message, and QUIT; every failure classified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import enum
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+import aiosmtplib
+
+from kcmail.conditions import Failure, Reason
+from kcmail.spec import AuthType, Security
+
+
+class Mode(enum.StrEnum):
+    AUTHENTICATE = "Authenticate"
+    SEND = "Send"
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    security: Security
+    connect_timeout: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SmtpCredentials:
+    type: AuthType
+    username: str = ""
+    secret: str = field(default="", repr=False)  # the bearer token (XOAUTH2) or the password (Basic)
+
+
+@dataclass(frozen=True)
+class SendSpec:
+    sender: str
+    recipient: str
+    mailconfig: str  # namespace/name, for the probe message's headers
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+@dataclass
+class SmtpProbeResult:
+    steps: list[Step] = field(default_factory=list)
+    failure: Failure | None = None
+    probe_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+class _Stop(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _reply(error: aiosmtplib.SMTPResponseException) -> str:
+    return f"{error.code} {error.message}".strip()
+
+
+def _tls_failure(target: SmtpTarget, error: BaseException) -> Failure:
+    where = f"{target.host}:{target.port}"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return Failure(Reason.CERTIFICATE_UNTRUSTED,
+                       f"{where}: certificate not trusted: {error.verify_message or error.reason}")
+    return Failure(Reason.TLS_HANDSHAKE_FAILED, f"{where}: TLS handshake failed: {error}")
+
+
+def _root(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        nested = error.__cause__ or error.__context__
+        assert nested is not None
+        error = nested
+    return error
+
+
+def probe_message(spec: SendSpec, probe_id: str) -> EmailMessage:
+    """A message no one can mistake: its subject and headers name kcmail, the MailConfig and the probe."""
+    message = EmailMessage()
+    message["From"] = spec.sender
+    message["To"] = spec.recipient
+    message["Subject"] = f"kcmail delivery probe for {spec.mailconfig} ({probe_id})"
+    message["Date"] = format_datetime(datetime.datetime.now(datetime.UTC))
+    message["Message-ID"] = make_msgid(idstring=probe_id, domain="kcmail.io")
+    message["X-Kcmail-Probe"] = probe_id
+    message["X-Kcmail-MailConfig"] = spec.mailconfig
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(
+        "This message was sent by kcmail, the Kubernetes operator that manages Keycloak's mail settings,\n"
+        f"to prove that mail for MailConfig {spec.mailconfig} is delivered. It needs no answer.\n")
+    return message
+
+
+async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.SSLContext, *,
+                     send: SendSpec | None = None) -> SmtpProbeResult:
+    """Run every step; stop at the first failure. QUIT is always attempted."""
+    result = SmtpProbeResult(probe_id=uuid.uuid4().hex[:12])
+    client = aiosmtplib.SMTP(hostname=target.host, port=target.port, timeout=target.timeout,
+                             use_tls=target.security is Security.SSL, start_tls=False, tls_context=tls,
+                             local_hostname="kcmail-probe")
+
+    async def step(name: str, action: Callable[[], Awaitable[str]]) -> None:
+        started = time.monotonic()
+        try:
+            detail = await action()
+        except _Stop as stop:
+            result.steps.append(Step(name, False, time.monotonic() - started, stop.failure.message))
+            raise
+        result.steps.append(Step(name, True, time.monotonic() - started, detail))
+
+    async def connect() -> str:
+        try:
+            await client.connect(timeout=target.connect_timeout)
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError, aiosmtplib.SMTPTimeoutError,
+                OSError) as error:
+            root = _root(error)
+            if isinstance(root, ssl.SSLError):
+                raise _Stop(_tls_failure(target, root)) from None
+            raise _Stop(Failure(Reason.SMTP_UNREACHABLE,
+                                f"cannot connect to {target.host}:{target.port}: {error}")) from None
+        tls_note = ", TLS" if target.security is Security.SSL else ""
+        return f"connected to {target.host}:{target.port}{tls_note}"
+
+    async def ehlo() -> str:
+        await client.ehlo()
+        return "EHLO: " + " ".join(sorted(client.esmtp_extensions))
+
+    async def starttls() -> str:
+        if not client.supports_extension("starttls"):
+            raise _Stop(Failure(Reason.STARTTLS_NOT_OFFERED,
+                                f"{target.host}:{target.port} does not offer STARTTLS"))
+        try:
+            await client.starttls(tls_context=tls)
+        except (aiosmtplib.SMTPException, OSError) as error:
+            root = _root(error)
+            if isinstance(root, ssl.SSLError):
+                raise _Stop(_tls_failure(target, root)) from None
+            raise _Stop(_tls_failure(target, error)) from None
+        await client.ehlo()
+        return "TLS established; EHLO again: " + " ".join(sorted(client.esmtp_extensions))
+
+    async def authenticate() -> str:
+        offered = {m.upper() for m in client.server_auth_methods}
+        if credentials.type is AuthType.XOAUTH2:
+            if "XOAUTH2" not in offered:
+                raise _Stop(Failure(Reason.XOAUTH2_NOT_OFFERED,
+                                    f"{target.host}:{target.port} does not advertise AUTH XOAUTH2 "
+                                    f"(offers: {' '.join(sorted(offered)) or 'no AUTH'})"))
+            mechanism, call = "XOAUTH2", client.auth_xoauth2(credentials.username, credentials.secret)
+        else:
+            mechanism = "PLAIN" if "PLAIN" in offered else "LOGIN"
+            if mechanism not in offered:
+                raise _Stop(Failure(Reason.AUTHENTICATION_REJECTED,
+                                    f"{target.host}:{target.port} offers neither AUTH PLAIN nor LOGIN"))
+            call = (client.auth_plain if mechanism == "PLAIN" else client.auth_login)(
+                credentials.username, credentials.secret)
+        try:
+            response = await call
+        except aiosmtplib.SMTPAuthenticationError as error:
+            raise _Stop(Failure(Reason.AUTHENTICATION_REJECTED,
+                                f"AUTH {mechanism} as {credentials.username} refused: {_reply(error)}")) from None
+        return f"AUTH {mechanism} as {credentials.username}: {response.code} {response.message}"
+
+    async def deliver() -> str:
+        assert send is not None
+        try:
+            await client.send_message(probe_message(send, result.probe_id), sender=send.sender,
+                                      recipients=[send.recipient])
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            replies = "; ".join(_reply(r) for r in error.recipients)
+            raise _Stop(Failure(Reason.RECIPIENT_REJECTED, f"RCPT TO {send.recipient} refused: {replies}")) from None
+        except aiosmtplib.SMTPResponseException as error:
+            raise _Stop(Failure(Reason.SEND_FAILED, f"sending the probe failed: {_reply(error)}")) from None
+        return f"probe {result.probe_id} accepted for {send.recipient}"
+
+    try:
+        await step("connect", connect)
+        await step("ehlo", ehlo)
+        if target.security is Security.STARTTLS:
+            await step("starttls", starttls)
+        if credentials.type is not AuthType.NONE:
+            await step("auth", authenticate)
+        if send is not None:
+            await step("send", deliver)
+    except _Stop as stop:
+        result.failure = stop.failure
+    except (aiosmtplib.SMTPException, OSError) as error:
+        result.failure = Failure(Reason.SMTP_UNREACHABLE,
+                                 f"{target.host}:{target.port} closed the conversation: {type(error).__name__}: "
+                                 f"{error}")
+    finally:
+        if client.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await client.quit()
+            client.close()
+    return result

@@ -1,0 +1,98 @@
+"""Token endpoint answers → tokens or catalogue reasons, and the token cache's reuse rule."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kcmail.conditions import Failure, Reason
+from kcmail.oauth import RENEW_BEFORE, Token, TokenClient, TokenRequest, classify_response
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
+
+
+def _classify(status: int, body: object, content_type: str = "application/json") -> Token | Failure:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return classify_response(status, raw, content_type, NOW)
+
+
+def test_a_token_and_its_expiry():
+    token = _classify(200, {"access_token": "abc", "expires_in": 3599, "token_type": "Bearer"})
+    assert isinstance(token, Token)
+    assert token.expires_at == NOW + datetime.timedelta(seconds=3599)
+    assert "abc" not in repr(token)
+
+
+def test_expires_in_as_a_string_or_missing_follows_keycloak():
+    as_string = _classify(200, {"access_token": "a", "expires_in": "300"})
+    missing = _classify(200, {"access_token": "a"})
+    assert isinstance(as_string, Token)
+    assert isinstance(missing, Token)
+    assert as_string.expires_at == NOW + datetime.timedelta(seconds=300)
+    assert missing.expires_at == NOW + datetime.timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    ("invalid_client", Reason.INVALID_CLIENT),
+    ("unauthorized_client", Reason.INVALID_CLIENT),
+    ("invalid_scope", Reason.INVALID_SCOPE),
+    ("invalid_grant", Reason.TOKEN_ENDPOINT_ERROR),
+])
+def test_oauth2_errors_keep_the_servers_words(error, reason):
+    description = "AADSTS7000215: Invalid client secret provided."
+    failure = _classify(401, {"error": error, "error_description": description})
+    assert isinstance(failure, Failure)
+    assert failure.reason is reason
+    assert error in failure.message
+    assert description in failure.message
+
+
+def test_a_non_json_body_is_a_token_endpoint_error():
+    failure = _classify(502, b"<html>Bad gateway</html>", "text/html; charset=utf-8")
+    assert isinstance(failure, Failure)
+    assert failure.reason is Reason.TOKEN_ENDPOINT_ERROR
+    assert "HTTP 502" in failure.message
+    assert "text/html" in failure.message
+
+
+def test_a_success_without_access_token_is_an_error():
+    failure = _classify(200, {"token_type": "Bearer"})
+    assert isinstance(failure, Failure)
+    assert failure.reason is Reason.TOKEN_ENDPOINT_ERROR
+
+
+@given(st.binary(max_size=200), st.integers(min_value=100, max_value=599))
+def test_any_answer_is_classified_without_raising(body, status):
+    assert isinstance(classify_response(status, body, "application/json", NOW), Token | Failure)
+
+
+async def test_tokens_are_reused_until_a_minute_before_expiry():
+    calls = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"access_token": f"t{len(calls)}", "expires_in": 300})
+
+    clock = [NOW]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        client = TokenClient(http, now=lambda: clock[0])
+        request = TokenRequest(url="https://login.example/token", client_id="app", client_secret="s",
+                               scope="smtp.send", secret_version="uid/1")
+        first = await client.token(request)
+        clock[0] = NOW + datetime.timedelta(seconds=300) - RENEW_BEFORE - datetime.timedelta(seconds=1)
+        assert await client.token(request) is first
+        clock[0] += datetime.timedelta(seconds=2)
+        assert (await client.token(request)).access_token == "t2"
+        rotated = TokenRequest(url=request.url, client_id="app", client_secret="s2", scope="smtp.send",
+                               secret_version="uid/2")
+        assert (await client.token(rotated)).access_token == "t3"
+    form = dict(httpx.QueryParams(calls[0].content.decode()))
+    assert form == {"grant_type": "client_credentials", "client_id": "app", "client_secret": "s", "scope": "smtp.send"}
+    assert "authorization" not in calls[0].headers
