@@ -78,6 +78,17 @@ def realm_allowed(patterns: Sequence[str], realm: str) -> bool:
     return any(fnmatch.fnmatchcase(realm, pattern) for pattern in patterns)
 
 
+def secret_refs(kind: ConnectionKind, spec: Mapping[str, Any], namespace: str | None) -> set[tuple[str, str]]:
+    """The (namespace, name) of every Secret a Connection reads: its admin credentials and its CA."""
+    refs = [spec.get("credentialsSecretRef") or {}, (spec.get("tls") or {}).get("caSecretRef") or {}]
+    found = set()
+    for ref in refs:
+        secret_ns = ref.get("namespace") if kind is ConnectionKind.CLUSTER else namespace
+        if ref.get("name") and secret_ns:
+            found.add((secret_ns, ref["name"]))
+    return found
+
+
 def _fingerprint(*parts: str) -> str:
     # Only a comparison key kept in memory; never written anywhere.
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

@@ -14,8 +14,8 @@ from typing import Any
 
 import kopf
 
-from kcmail.connections import KeycloakClients, normalized_url
-from kcmail.kube import MAILCONFIGS, Kube, load_client_config
+from kcmail.connections import KeycloakClients, normalized_url, secret_refs
+from kcmail.kube import MAILCONFIGS, PLURALS, Kube, load_client_config
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
 from kcmail.runtime import OperatorOptions, Runtime, backoff, jittered
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
@@ -101,6 +101,18 @@ def cluster_urls(name: str, spec: Any, **_: Any) -> dict[Any, str]:
     return {(ConnectionKind.CLUSTER.value, None, name): normalized_url(spec.get("url", ""))}
 
 
+@kopf.index(GROUP, VERSION, "keycloakconnections")
+def namespaced_connection_secrets(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, tuple[Any, ...]]:
+    key = (ConnectionKind.NAMESPACED.value, namespace, name)
+    return {ref: key for ref in secret_refs(ConnectionKind.NAMESPACED, spec, namespace)}
+
+
+@kopf.index(GROUP, VERSION, "clusterkeycloakconnections")
+def cluster_connection_secrets(name: str, spec: Any, **_: Any) -> dict[Any, tuple[Any, ...]]:
+    key = (ConnectionKind.CLUSTER.value, None, name)
+    return {ref: key for ref in secret_refs(ConnectionKind.CLUSTER, spec, None)}
+
+
 def _claims(realm: str, realm_claims: kopf.Index, namespaced_urls: kopf.Index,
             cluster_urls: kopf.Index) -> list[Claim]:
     claims = []
@@ -125,11 +137,22 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
         while not stopped:
             waker.clear()
             obj = MailConfigObject.from_body(body)
-            result = await rt.reconciler.reconcile(
-                obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
-            await _report(rt, body, obj, result)
-            attempt = attempt + 1 if result.retry else 0
-            await _sleep(rt, waker, stopped, _next_delay(rt, obj, attempt))
+            try:
+                result = await rt.reconciler.reconcile(
+                    obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
+                await _report(rt, body, obj, result)
+            except Exception as error:  # the loop must outlive any one failed pass
+                # Kubernetes API errors and the unforeseen: retried with backoff. Only the type and text
+                # are logged; no traceback locals, which could hold credentials.
+                log.warning("MailConfig %s: reconcile failed, retrying: %s: %s", obj.id, type(error).__name__, error)
+                attempt += 1
+            else:
+                log.info("MailConfig %s: reconciled: %s", obj.id, result.summary())
+                attempt = attempt + 1 if result.retry else 0
+            delay = _next_delay(rt, obj, attempt)
+            if attempt:
+                log.info("MailConfig %s: retry %d in %.1f s", obj.id, attempt, delay)
+            await _sleep(rt, waker, stopped, delay)
     finally:
         rt.forget(key)
 
@@ -178,10 +201,19 @@ def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | N
 
 
 @kopf.on.event("", "v1", "secrets")
-def secret_changed(namespace: str, name: str, secret_users: kopf.Index, **_: Any) -> None:
+async def secret_changed(namespace: str, name: str, secret_users: kopf.Index, connection_users: kopf.Index,
+                         namespaced_connection_secrets: kopf.Index, cluster_connection_secrets: kopf.Index,
+                         **_: Any) -> None:
     # Every Secret in the watched namespaces streams through here; only referenced ones matter.
+    rt = runtime()
     for user in secret_users.get((namespace, name), []):
-        runtime().wake(user)
+        rt.wake(user)
+    # A Connection's admin credentials or CA: fixing them must not wait for the next timer or interval.
+    for index in (namespaced_connection_secrets, cluster_connection_secrets):
+        for key in index.get((namespace, name), []):
+            await _recheck_connection(rt, key)
+            for user in connection_users.get(key, []):
+                rt.wake(user)
 
 
 @kopf.on.event(GROUP, VERSION, "keycloakconnections")
@@ -221,6 +253,16 @@ async def mailconfig_deleted(body: kopf.Body, realm_claims: kopf.Index, namespac
 # --- connections: reachable, logged in, which version -------------------------------------------------
 
 CONNECTION_CHECK_SECONDS = 300.0
+
+
+async def _recheck_connection(rt: Runtime, key: tuple[Any, ...]) -> None:
+    kind, namespace, name = ConnectionKind(key[0]), key[1], key[2]
+    body = await rt.kube.connection(kind, name, namespace)
+    if body is None:
+        return
+    status = await check_connection(rt.kube, rt.clients, kind, body, datetime.datetime.now(datetime.UTC))
+    if any((body.get("status") or {}).get(k) != v for k, v in status.items()):
+        await rt.kube.patch_status(PLURALS[kind], name, namespace, status)
 
 
 async def _check(kind: ConnectionKind, body: kopf.Body, patch: kopf.Patch) -> None:

@@ -122,9 +122,26 @@ def _keycloak_words(error: KeycloakError) -> str:
     return f"HTTP {error.response_code}"
 
 
+# OAuth2 token errors (RFC 6749 5.2) that mean the admin login itself was refused. Keycloak 26 answers a
+# wrong password with 400 invalid_grant, which python-keycloak raises as a plain KeycloakPostError.
+_LOGIN_REFUSED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+
+def _oauth_error(error: KeycloakError) -> str:
+    """The OAuth2 ``error`` code of a token endpoint answer, or ""."""
+    try:
+        data = json.loads(error.response_body or b"")
+    except (TypeError, ValueError):
+        return ""
+    return str(data.get("error") or "") if isinstance(data, dict) else ""
+
+
 def _classify(what: str, error: KeycloakError, realm: str | None) -> Failure:
     code = error.response_code or 0
     words = _keycloak_words(error)
+    if _oauth_error(error) in _LOGIN_REFUSED:
+        return Failure(Reason.KEYCLOAK_AUTH_FAILED, f"Keycloak refused the admin credentials: {words}",
+                       needs_person=True)
     if code == 404 and realm is not None:
         return Failure(Reason.REALM_NOT_FOUND, f"Keycloak has no realm {realm!r} ({words})", needs_person=True)
     if code in (401, 403):
@@ -133,5 +150,10 @@ def _classify(what: str, error: KeycloakError, realm: str | None) -> Failure:
                        "the manage-realm role", needs_person=True)
     if code >= 500 or code == 0:
         return Failure(Reason.KEYCLOAK_UNREACHABLE, f"cannot {what}: Keycloak answered {code} ({words})")
+    if code == 409:
+        # Two writers of one realm at the same moment: the later commit collides with the rows the
+        # earlier one inserted ("Realm with same name exists"). The next pass reads the winner's result.
+        return Failure(Reason.KEYCLOAK_REJECTED, f"cannot {what}: Keycloak answered 409: {words} (another "
+                       "write to the realm at the same moment; retrying)")
     return Failure(Reason.KEYCLOAK_REJECTED, f"cannot {what}: Keycloak answered {code}: {words}",
                    needs_person=True)

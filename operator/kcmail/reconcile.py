@@ -92,6 +92,13 @@ class Result:
     retry: bool = False
     wrote: bool = False
 
+    def summary(self) -> str:
+        """One log line's worth: where Ready stands and whether Keycloak was written."""
+        ready = next((c for c in self.status.get("conditions", [])
+                      if c.get("type") == conditions.ConditionType.READY.value), None)
+        state = f"Ready={ready['status']} ({ready['reason']})" if ready else "no Ready condition"
+        return f"{state}, {'wrote to Keycloak' if self.wrote else 'no write to Keycloak'}"
+
 
 Peers = Callable[[str], Sequence[Claim]]
 

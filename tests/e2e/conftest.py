@@ -25,9 +25,15 @@ from kcmail.devenv.processes import ProcessRegistry, ServerProcess
 class Operator:
     registry: ProcessRegistry
     process: ServerProcess
+    env: Environment
 
     def log(self) -> str:
         return self.process.log.read_text(errors="replace")
+
+    def restart(self) -> None:
+        """Stop `kcmail run` and start a new one; it appends to the same log."""
+        self.registry.stop_all()
+        self.process = operator_env.start_operator(self.env, self.registry)
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +43,13 @@ def kcmail_installed(devenv: Environment) -> Environment:
     return devenv
 
 
-@pytest.fixture(scope="session")
+# Package scope: the operator stops when the e2e tests end, so it never reconciles objects other tests own.
+@pytest.fixture(scope="package")
 def operator(kcmail_installed: Environment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     registry = ProcessRegistry(tmp_path_factory.mktemp("operator"))
     process = operator_env.start_operator(kcmail_installed, registry)
     try:
-        yield Operator(registry, process)
+        yield Operator(registry, process, kcmail_installed)
     finally:
         registry.stop_all()
 
@@ -81,12 +88,14 @@ class Tenant:
         return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], name: str = "mail", *,
-                 timeout: float = 60, what: str = "the expected status") -> dict[str, Any]:
-        """Poll the MailConfig until ``predicate(object)`` holds; fail with the last status seen."""
+                 timeout: float = 60, what: str = "the expected status",
+                 resource: str = "mailconfig") -> dict[str, Any]:
+        """Poll the MailConfig (or another ``resource``) until ``predicate(object)`` holds; fail with the last
+        status seen."""
         deadline = time.monotonic() + timeout
         obj: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            obj = self.get("mailconfig", name)
+            obj = self.get(resource, name)
             if predicate(obj):
                 return obj
             time.sleep(0.5)
@@ -100,6 +109,17 @@ class Tenant:
             return (cond is not None and cond["status"] == status and (reason is None or cond["reason"] == reason)
                     and st.get("observedGeneration") == meta.get("generation"))
         return self.wait_for(holds, name, timeout=timeout, what=f"{kind}={status} ({reason})")
+
+    def wait_connection(self, status: str, reason: str | None = None, name: str = "kc", *,
+                        resource: str = "keycloakconnection", timeout: float = 60) -> dict[str, Any]:
+        """Poll a KeycloakConnection (or ClusterKeycloakConnection) until its current spec is Ready=``status``."""
+        def holds(obj: dict[str, Any]) -> bool:
+            st = obj.get("status") or {}
+            cond = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)
+            return (cond is not None and cond["status"] == status and (reason is None or cond["reason"] == reason)
+                    and st.get("observedGeneration") == obj["metadata"].get("generation"))
+        return self.wait_for(holds, name, timeout=timeout, what=f"{resource} {name} Ready={status} ({reason})",
+                             resource=resource)
 
     def smtp_server(self) -> dict[str, str]:
         return dict(self.admin.realm(self.realm).get("smtpServer") or {})

@@ -113,23 +113,30 @@ async def test_smtp_rejects_a_forged_token(devenv):
 
 
 async def test_smtp_rejects_an_expired_token(devenv, keycloak_admin):
-    # A real token from the issuer with a one-second life, taken from a client set up for it here.
-    realm = devenv.issuer_realm
-    found = keycloak_admin.request("GET", f"/{realm}/clients", params={"clientId": devenv.issuer_client_id})
+    # A real token with a one-second life, from the second client so that a failure here cannot leave
+    # the main client issuing short-lived tokens to the tests after it.
+    realm, client_id = devenv.issuer_realm, devenv.issuer_other_client_id
+    found = keycloak_admin.request("GET", f"/{realm}/clients", params={"clientId": client_id})
     client = found.json()[0]
     original = dict(client.get("attributes", {}))
     client["attributes"] = {**original, "access.token.lifespan": "1"}
     assert keycloak_admin.request("PUT", f"/{realm}/clients/{client['id']}", json=client).status_code == 204
     try:
-        token = _token(devenv)
+        response = issuer_token(devenv, client_id=client_id, client_secret=devenv.issuer_other_client_secret)
+        token = response.json()["access_token"]
     finally:
-        client["attributes"] = original
+        # An empty value removes the override (a PUT without the key would keep it).
+        client["attributes"] = {**original, "access.token.lifespan": ""}
         assert keycloak_admin.request("PUT", f"/{realm}/clients/{client['id']}", json=client).status_code == 204
-    expiry = jwt.decode(token, options={"verify_signature": False})["exp"]
-    await asyncio.sleep(max(0.0, expiry - time.time()) + 1.5)
-    code, text = await _xoauth2(devenv, token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 1
+    await asyncio.sleep(max(0.0, claims["exp"] - time.time()) + 1.5)
+    code, text = await _xoauth2(devenv, token, user=SENDER_MAILBOXES["other-app"][0])
     assert code == 535
     assert "token expired" in text
+    restored = jwt.decode(issuer_token(devenv, client_id=client_id, client_secret=devenv.issuer_other_client_secret)
+                          .json()["access_token"], options={"verify_signature": False})
+    assert restored["exp"] - restored["iat"] > 60
 
 
 async def test_smtp_accepts_a_token_of_several_kilobytes(devenv):

@@ -36,6 +36,28 @@ class KeycloakAdminAPI:
     def put_realm(self, realm: str, representation: dict[str, Any]) -> httpx.Response:
         return self.request("PUT", f"/{realm}", json=representation)
 
+    def regenerate_client_secret(self, realm: str, client_id: str) -> str:
+        """Give the client ``client_id`` a new secret, which invalidates the old one at once."""
+        found = self.request("GET", f"/{realm}/clients", params={"clientId": client_id})
+        found.raise_for_status()
+        (client,) = found.json()
+        response = self.request("POST", f"/{realm}/clients/{client['id']}/client-secret")
+        response.raise_for_status()
+        return str(response.json()["value"])
+
+    def record_admin_events(self, realm: str) -> None:
+        """Have Keycloak keep an admin event, with its representation, for every change to ``realm``."""
+        representation = self.realm(realm)
+        representation.update(adminEventsEnabled=True, adminEventsDetailsEnabled=True)
+        self.put_realm(realm, representation).raise_for_status()
+
+    def admin_events(self, realm: str, *, operation: str, resource_type: str) -> list[dict[str, Any]]:
+        """The admin events Keycloak kept for ``realm`` (see :meth:`record_admin_events`), newest first."""
+        response = self.request("GET", f"/{realm}/admin-events", params={
+            "operationTypes": operation, "resourceTypes": resource_type, "max": "1000"})
+        response.raise_for_status()
+        return list(response.json())
+
 
 def issuer_token(env: Environment, *, client_id: str | None = None, client_secret: str | None = None,
                  scope: str | None = None) -> httpx.Response:

@@ -12,7 +12,7 @@ import secrets
 import shlex
 import shutil
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from kcmail.devenv import components, versions
@@ -29,6 +29,7 @@ _PREFIX = "KCMAIL_DEV_"
 SENDER_MAILBOXES = {
     "smtp-app": ("no-reply@acme.example", "no-reply@globex.example"),
     "other-app": ("other@acme.example",),
+    "rotation-app": ("no-reply@acme.example",),
 }
 TARGET_REALMS = ("acme", "globex")
 REFUSED_DOMAIN = "refused.test"
@@ -60,16 +61,16 @@ class Environment:
     keycloak_url: str
     keycloak_version: str
     keycloak_admin_user: str
-    keycloak_admin_password: str
+    keycloak_admin_password: str = field(repr=False)
     keycloak_admin_email: str
     issuer_realm: str
     issuer_token_url: str
     issuer_jwks_url: str
     issuer: str
     issuer_client_id: str
-    issuer_client_secret: str
+    issuer_client_secret: str = field(repr=False)
     issuer_other_client_id: str
-    issuer_other_client_secret: str
+    issuer_other_client_secret: str = field(repr=False)
     issuer_scope: str
     target_realms: str
     smtp_host: str
@@ -77,7 +78,10 @@ class Environment:
     smtp_tls_port: int
     smtp_spool: Path
     smtp_basic_user: str
-    smtp_basic_password: str
+    smtp_basic_password: str = field(repr=False)
+    # Newer fields have defaults, so that an env file written before they existed still loads. Only the
+    # rotation tests use this client; they regenerate its secret, so none is kept here.
+    issuer_rotation_client_id: str = ""
 
     @property
     def realms(self) -> tuple[str, ...]:
@@ -106,14 +110,16 @@ class Environment:
             key, _, raw = line.removeprefix(f"export {_PREFIX}").partition("=")
             values[key.lower()] = shlex.split(raw)[0] if raw else ""
         kwargs: dict[str, object] = {}
-        for field in fields(cls):
-            raw_value = values[field.name]
-            if field.type in ("Path", Path):
-                kwargs[field.name] = Path(raw_value)
-            elif field.type in ("int", int):
-                kwargs[field.name] = int(raw_value)
+        for spec in fields(cls):
+            if spec.name not in values and spec.default is not MISSING:
+                continue
+            raw_value = values[spec.name]
+            if spec.type in ("Path", Path):
+                kwargs[spec.name] = Path(raw_value)
+            elif spec.type in ("int", int):
+                kwargs[spec.name] = int(raw_value)
             else:
-                kwargs[field.name] = raw_value
+                kwargs[spec.name] = raw_value
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
@@ -175,6 +181,7 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
         issuer_scope=seeded.scope, target_realms=",".join(seeded.target_realms),
         smtp_host="127.0.0.1", smtp_starttls_port=starttls_port, smtp_tls_port=tls_port,
         smtp_spool=smtp.spool_dir, smtp_basic_user=basic_user, smtp_basic_password=basic_password,
+        issuer_rotation_client_id=seeded.rotation_client_id,
     )
     env.write()
     return env
@@ -188,7 +195,8 @@ def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded) -> S
         cert_file=serving.cert, key_file=serving.key, ca_file=ca.cert_path,
         jwks_url=seeded.jwks_url, issuer=seeded.issuer, spool_dir=state_dir / "smtp" / "spool",
         clients={seeded.client_id: SENDER_MAILBOXES["smtp-app"],
-                 seeded.other_client_id: SENDER_MAILBOXES["other-app"]},
+                 seeded.other_client_id: SENDER_MAILBOXES["other-app"],
+                 seeded.rotation_client_id: SENDER_MAILBOXES["rotation-app"]},
         basic_users={"basic-user@acme.example": secrets.token_urlsafe(18)},
         refused_domains=(REFUSED_DOMAIN,),
     )

@@ -263,6 +263,8 @@ class Seeded:
     other_client_secret: str = field(repr=False)
     target_realms: tuple[str, ...]
     admin_email: str
+    # A registration whose secret the rotation tests regenerate; no other test may rely on its secret.
+    rotation_client_id: str = ""
 
 
 # Microsoft 365 access tokens run to 2-3 KB, Keycloak's own to about 1.2 KB. A padding claim makes the
@@ -332,7 +334,8 @@ def _set_admin_email(admin: KeycloakAdmin, email: str) -> None:
 
 def seed(server: KeycloakServer, ca_file: Path, *, issuer_realm: str = "issuer", client_id: str = "smtp-app",
          scope: str = "smtp.send", target_realms: tuple[str, ...] = ("acme", "globex"),
-         admin_email: str = "admin@kcmail.test", other_client_id: str = "other-app") -> Seeded:
+         admin_email: str = "admin@kcmail.test", other_client_id: str = "other-app",
+         rotation_client_id: str = "rotation-app") -> Seeded:
     """Create the issuer realm, its clients and scope, the target realms, and the admin's email.
 
     Objects that already exist are kept; client secrets are new on every call.
@@ -343,13 +346,15 @@ def seed(server: KeycloakServer, ca_file: Path, *, issuer_realm: str = "issuer",
         scope_id = _ensure_scope(admin, issuer_realm, scope)
         client_secret = _ensure_client(admin, issuer_realm, client_id, scope_id)
         other_secret = _ensure_client(admin, issuer_realm, other_client_id, scope_id)
+        _ensure_client(admin, issuer_realm, rotation_client_id, scope_id)
         for realm in target_realms:
             admin.ensure_realm(realm)
         metadata = admin.discovery(issuer_realm)
     return Seeded(issuer_realm=issuer_realm, token_url=metadata["token_endpoint"], issuer=metadata["issuer"],
                   jwks_url=metadata["jwks_uri"], client_id=client_id, client_secret=client_secret,
                   scope=scope, other_client_id=other_client_id, other_client_secret=other_secret,
-                  target_realms=tuple(target_realms), admin_email=admin_email)
+                  target_realms=tuple(target_realms), admin_email=admin_email,
+                  rotation_client_id=rotation_client_id)
 
 
 def client_credentials_token(seeded: Seeded, ca_file: Path, *, client_id: str | None = None,

@@ -66,6 +66,32 @@ def install_connection(env: Environment, name: str = CONNECTION) -> None:
                     "tls": {"caSecretRef": {"name": "keycloak-ca", "namespace": SYSTEM_NAMESPACE}}}})
 
 
+def keycloak_connection(env: Environment, namespace: str, name: str, *, url: str | None = None,
+                        password: str | None = None) -> list[dict[str, Any]]:
+    """A KeycloakConnection in ``namespace`` to the environment's Keycloak, with its admin and CA Secrets.
+
+    ``url`` and ``password`` replace the real ones, to point it somewhere else or log in with a wrong password.
+    """
+    credentials = f"{name}-admin"
+    ca = f"{name}-ca"
+    return [secret(namespace, credentials, {"username": env.keycloak_admin_user,
+                                            "password": env.keycloak_admin_password if password is None
+                                            else password}),
+            secret(namespace, ca, {"ca.crt": env.ca_file.read_text()}),
+            {"apiVersion": "kcmail.io/v1alpha1", "kind": "KeycloakConnection",
+             "metadata": {"name": name, "namespace": namespace},
+             "spec": {"url": env.keycloak_url if url is None else url,
+                      "credentialsSecretRef": {"name": credentials}, "tls": {"caSecretRef": {"name": ca}}}}]
+
+
+def cluster_connection(env: Environment, name: str, **spec: Any) -> dict[str, Any]:
+    """A ClusterKeycloakConnection like the one :func:`install_connection` makes; ``spec`` adds fields."""
+    return {"apiVersion": "kcmail.io/v1alpha1", "kind": "ClusterKeycloakConnection", "metadata": {"name": name},
+            "spec": {"url": env.keycloak_url,
+                     "credentialsSecretRef": {"name": "kcmail-admin", "namespace": SYSTEM_NAMESPACE},
+                     "tls": {"caSecretRef": {"name": "keycloak-ca", "namespace": SYSTEM_NAMESPACE}}, **spec}}
+
+
 def create_realm(env: Environment, realm: str) -> None:
     response = KeycloakAdminAPI(env).request("POST", "", json={"realm": realm, "enabled": True})
     if response.status_code not in (201, 409):

@@ -1,0 +1,81 @@
+"""Two MailConfigs for one realm of one Keycloak: the older owns it, the newer writes nothing and says so,
+and takes over within seconds once the owner is deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import time
+
+import pytest
+
+from kcmail.devenv import operator_env
+
+pytestmark = pytest.mark.e2e
+
+
+def _conditions(obj):
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+
+
+def _created(obj) -> datetime.datetime:
+    return datetime.datetime.strptime(obj["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%S%z")
+
+
+def _next_second_after(moment: datetime.datetime) -> None:
+    """Creation times have one-second resolution: wait so that the next object is visibly younger."""
+    for _ in range(30):
+        if datetime.datetime.now(datetime.UTC) >= moment + datetime.timedelta(seconds=1.1):
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("placement", ["other-namespace", "same-namespace"])
+def test_the_older_mailconfig_owns_the_realm_and_the_newer_takes_over_when_it_goes(operator, tenant, placement):
+    tenant.apply(tenant.secret(), tenant.mailconfig(sender={"from": "no-reply@acme.example",
+                                                            "fromDisplayName": "Older"}))
+    older = tenant.wait_condition("True")
+    assert tenant.smtp_server()["fromDisplayName"] == "Older"
+
+    if placement == "other-namespace":
+        # Another namespace, reaching the same Keycloak through a KeycloakConnection of its own whose URL
+        # is spelled differently: still the same realm.
+        other = dataclasses.replace(tenant, namespace=f"{tenant.namespace}-b")
+        tenant.apply(operator_env.namespace(other.namespace))
+        other.apply(*operator_env.keycloak_connection(tenant.env, other.namespace, "kc",
+                                                      url=tenant.env.keycloak_url + "/"), other.secret())
+        other.wait_connection("True")
+        connection_ref = {"kind": "KeycloakConnection", "name": "kc"}
+        name = "mail"
+    else:
+        other, connection_ref, name = tenant, {"kind": "ClusterKeycloakConnection", "name": "main"}, "mail-2"
+
+    _next_second_after(_created(older))
+    other.apply(other.mailconfig(name, connectionRef=connection_ref,
+                                 sender={"from": "no-reply@acme.example", "fromDisplayName": "Newer"}))
+    newer = other.wait_condition("False", "RealmConflict", name=name)
+    conditions = _conditions(newer)
+    assert f"MailConfig {tenant.namespace}/mail (older) already manages this realm" in conditions["Ready"]["message"]
+    assert conditions["Stalled"]["reason"] == "RealmConflict"
+    assert "lastAppliedTime" not in newer["status"]
+    assert any(e["reason"] == "RealmConflict" and e["type"] == "Warning" for e in other.events(name))
+
+    # A pass asked for explicitly changes nothing either: the realm keeps the older one's settings.
+    other.kubectl("annotate", "mailconfig", name, "--overwrite", f"kcmail.io/requested-at={time.time()}")
+    again = other.wait_for(lambda o: (o.get("status") or {}).get("lastHandledRequestedAt")
+                           == o["metadata"]["annotations"]["kcmail.io/requested-at"], name,
+                           what="the requested pass")
+    assert _conditions(again)["Ready"]["reason"] == "RealmConflict"
+    assert tenant.smtp_server()["fromDisplayName"] == "Older"
+    assert _conditions(tenant.get("mailconfig", "mail"))["Ready"]["status"] == "True"
+
+    started = time.monotonic()
+    deleted = tenant.kubectl("delete", "mailconfig", "mail", "--wait=false")
+    assert deleted.returncode == 0, deleted.stderr
+    taken_over = other.wait_condition("True", name=name, timeout=30)
+    assert time.monotonic() - started < 15
+    assert "Stalled" not in _conditions(taken_over)
+    assert tenant.smtp_server()["fromDisplayName"] == "Newer"
+    assert json.dumps(taken_over).count("RealmConflict") == 0
