@@ -22,7 +22,8 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = tuple(args.namespace or ())
-    handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness))
+    handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness,
+                                       probe_concurrency=args.probe_concurrency))
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness,
              standalone=not args.peering)
     return 0
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--namespace", action="append",
                      help="watch only this namespace (repeat for several); default: all namespaces")
     run.add_argument("--ca-bundle", help="PEM file of extra CAs trusted for Keycloak, token endpoints and SMTP")
+    run.add_argument("--probe-concurrency", type=int, default=10,
+                     help="SMTP probes running at once across all MailConfigs (default 10)")
     run.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--peering", action="store_true",
                      help="coordinate with other replicas through kopf peering instead of running standalone")

@@ -89,6 +89,12 @@ class Condition:
     message: str
 
 
+class Probes(enum.Enum):
+    OFF = "off"  # spec.probe.smtp is Off
+    SMTP = "smtp"  # Basic or no auth: only the SMTP server is probed
+    TOKEN_AND_SMTP = "token-and-smtp"  # XOAUTH2: the token endpoint, then the SMTP server
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one reconcile found, step by step. ``None`` for a step means it was not reached."""
@@ -96,7 +102,9 @@ class Outcome:
     suspended: bool = False
     credentials: Failure | bool | None = None
     applied: Failure | bool | None = None
-    probes_enabled: bool = False
+    probes: Probes = Probes.OFF
+    token: Failure | bool | None = None
+    smtp: Failure | bool | None = None
 
 
 def _step(kind: ConditionType, result: Failure | bool | None, ok: Reason, ok_message: str,
@@ -108,6 +116,19 @@ def _step(kind: ConditionType, result: Failure | bool | None, ok: Reason, ok_mes
     return Condition(kind, Status.UNKNOWN, Reason.PROGRESSING, f"waiting for {waiting_on}")
 
 
+def _probe_conditions(outcome: Outcome) -> list[Condition]:
+    if outcome.probes is Probes.OFF:
+        return [Condition(ConditionType.SMTP_AUTHENTICATED, Status.UNKNOWN, Reason.PROBES_DISABLED,
+                          "spec.probe.smtp is Off: kcmail does not check the SMTP server")]
+    result = []
+    if outcome.probes is Probes.TOKEN_AND_SMTP:
+        result.append(_step(ConditionType.TOKEN_ACQUIRED, outcome.token, Reason.TOKEN_ISSUED,
+                            "the token endpoint issued a token for the client and scope", "the token probe"))
+    result.append(_step(ConditionType.SMTP_AUTHENTICATED, outcome.smtp, Reason.AUTHENTICATED,
+                        "the SMTP server accepted the credentials Keycloak will present", "the SMTP probe"))
+    return result
+
+
 def evaluate(outcome: Outcome) -> list[Condition]:
     """The conditions that describe ``outcome``; Ready summarises them."""
     credentials = _step(ConditionType.CREDENTIALS_RESOLVED, outcome.credentials, Reason.RESOLVED,
@@ -115,15 +136,21 @@ def evaluate(outcome: Outcome) -> list[Condition]:
     applied = _step(ConditionType.APPLIED, outcome.applied, Reason.IN_SYNC,
                     "the realm holds the desired SMTP settings", "the settings to be applied")
     result = [credentials, applied]
+    if applied.status is Status.TRUE:
+        result += _probe_conditions(outcome)
     failure = next((c for c in result if c.status is Status.FALSE), None)
+    probed = [c for c in result if c.type in (ConditionType.TOKEN_ACQUIRED, ConditionType.SMTP_AUTHENTICATED)]
     if outcome.suspended:
         ready = Condition(ConditionType.READY, Status.FALSE, Reason.SUSPENDED,
                           "spec.suspend is true: kcmail neither writes to Keycloak nor probes")
     elif failure is not None:
         ready = Condition(ConditionType.READY, Status.FALSE, failure.reason, failure.message)
-    elif applied.status is Status.TRUE:
+    elif applied.status is Status.TRUE and outcome.probes is Probes.OFF:
         ready = Condition(ConditionType.READY, Status.TRUE, Reason.IN_SYNC,
-                          "the realm holds the desired SMTP settings")
+                          "the realm holds the desired SMTP settings (probes are off)")
+    elif applied.status is Status.TRUE and probed and all(c.status is Status.TRUE for c in probed):
+        ready = Condition(ConditionType.READY, Status.TRUE, Reason.DELIVERING,
+                          "the realm holds the desired SMTP settings and the SMTP server accepts them")
     else:
         ready = Condition(ConditionType.READY, Status.UNKNOWN, Reason.PROGRESSING, "reconciling")
     result.insert(0, ready)

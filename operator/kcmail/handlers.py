@@ -12,10 +12,13 @@ import datetime
 import logging
 from typing import Any
 
+import httpx
 import kopf
 
-from kcmail.connections import KeycloakClients, normalized_url, secret_refs
+from kcmail.connections import KeycloakClients, normalized_url, secret_refs, tls_context
 from kcmail.kube import MAILCONFIGS, PLURALS, Kube, load_client_config
+from kcmail.oauth import TokenClient
+from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
 from kcmail.runtime import OperatorOptions, Runtime, backoff, jittered
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
@@ -50,13 +53,19 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     kube = Kube(load_client_config())
     clients = KeycloakClients(ca_bundle=OPTIONS.ca_bundle)
-    _runtime = Runtime(kube=kube, clients=clients, reconciler=Reconciler(kube, clients))
+    # Token endpoints and SMTP servers are trusted like Keycloak's: system CAs plus the operator's bundle.
+    probe_tls = tls_context(OPTIONS.ca_bundle, "")
+    probe_http = httpx.AsyncClient(verify=probe_tls, timeout=httpx.Timeout(15.0, connect=10.0))
+    prober = Prober(TokenClient(probe_http), probe_tls, OPTIONS.probe_concurrency)
+    _runtime = Runtime(kube=kube, clients=clients, reconciler=Reconciler(kube, clients, prober),
+                       probe_http=probe_http)
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if _runtime is not None:
         await _runtime.clients.aclose()
+        await _runtime.probe_http.aclose()
 
 
 @kopf.on.probe(id="keycloak-clients")

@@ -7,13 +7,14 @@ last write, so a steady state costs one realm read and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kcmail import conditions
-from kcmail.conditions import Failure, Outcome, Reason
+from kcmail.conditions import ConditionType, Failure, Outcome, Probes, Reason
 from kcmail.connections import (
     ConnectionFailure,
     KeycloakClients,
@@ -24,8 +25,9 @@ from kcmail.connections import (
 )
 from kcmail.keycloak import KeycloakFailure
 from kcmail.kube import Kube
+from kcmail.probes import Prober, probe_due
 from kcmail.smtp_settings import UnsupportedVersion, cleared_smtp_server, desired_smtp_server, needs_write
-from kcmail.spec import AuthType, ConnectionKind, Credentials, DeletionPolicy, MailConfigSpec, SpecError
+from kcmail.spec import AuthType, ConnectionKind, Credentials, DeletionPolicy, MailConfigSpec, ProbeMode, SpecError
 
 REQUESTED_AT = "kcmail.io/requested-at"
 
@@ -104,10 +106,11 @@ Peers = Callable[[str], Sequence[Claim]]
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, clients: KeycloakClients,
+    def __init__(self, kube: Kube, clients: KeycloakClients, prober: Prober | None = None,
                  now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)) -> None:
         self._kube = kube
         self._clients = clients
+        self._prober = prober
         self._now = now
 
     async def reconcile(self, obj: MailConfigObject, peers: Peers) -> Result:
@@ -117,36 +120,64 @@ class Reconciler:
         if requested is not None:
             status["lastHandledRequestedAt"] = requested
         events: list[Event] = []
-        outcome, retry, wrote = await self._steps(obj, peers, status, events)
+        outcome, retry, wrote, credentials = await self._steps(obj, peers, status, events)
+        if outcome.applied is True and credentials is not None:
+            outcome = await self._probe(obj, outcome, status, credentials, forced=wrote)
         return self._finish(obj, outcome, status, events, retry=retry, wrote=wrote)
 
+    async def _probe(self, obj: MailConfigObject, outcome: Outcome, status: dict[str, Any],
+                     credentials: Credentials, *, forced: bool) -> Outcome:
+        """Probe when due; otherwise carry the last probe's results forward unchanged."""
+        spec = MailConfigSpec.parse(obj.spec)
+        if spec.probe.smtp is ProbeMode.OFF or self._prober is None:
+            return outcome
+        kind = Probes.TOKEN_AND_SMTP if spec.auth.type is AuthType.XOAUTH2 else Probes.SMTP
+        now = self._now()
+        asked = obj.annotations.get(REQUESTED_AT) not in (None, obj.status.get("lastHandledRequestedAt"))
+        previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
+        last_smtp = previous.get(ConditionType.SMTP_AUTHENTICATED.value) or {}
+        changed = last_smtp.get("observedGeneration") != obj.generation
+        if not probe_due(obj.status.get("lastProbeTime"), spec.interval, now, forced=forced or asked or changed):
+            return dataclasses.replace(outcome, probes=kind,
+                                       token=_carried(previous.get(ConditionType.TOKEN_ACQUIRED.value)),
+                                       smtp=_carried(last_smtp))
+        result = await self._prober.probe(spec, credentials, obj.id)
+        status["lastProbeTime"] = _stamp(now)
+        if result.token_expires_at is not None:
+            status["tokenExpiresAt"] = _stamp(result.token_expires_at)
+        if result.smtp is True and result.token in (True, None):
+            status["lastSuccessfulProbeTime"] = _stamp(now)
+        return dataclasses.replace(outcome, probes=kind, token=result.token, smtp=result.smtp)
+
     async def _steps(self, obj: MailConfigObject, peers: Peers, status: dict[str, Any],
-                     events: list[Event]) -> tuple[Outcome, bool, bool]:
+                     events: list[Event]) -> tuple[Outcome, bool, bool, Credentials | None]:
+        """Resolve and apply; returns the outcome, whether to retry soon, whether Keycloak was written,
+        and the credentials used when the settings were applied."""
         try:
             spec = MailConfigSpec.parse(obj.spec)
         except SpecError as error:
-            return Outcome(credentials=Failure(Reason.INVALID_SPEC, str(error), needs_person=True)), False, False
+            return Outcome(credentials=Failure(Reason.INVALID_SPEC, str(error), needs_person=True)), False, False, None
         if spec.suspend:
-            return Outcome(suspended=True), False, False
+            return Outcome(suspended=True), False, False, None
         try:
             connection = await resolve(self._kube, spec.connection_ref.kind, spec.connection_ref.name, obj.namespace)
             await self._check_allowed(obj, spec, connection.allowed_namespaces, connection.allowed_realms,
                                       str(connection.key))
             credentials = await self._credentials(obj, spec)
         except ConnectionFailure as error:
-            return Outcome(credentials=error.failure), False, False
+            return Outcome(credentials=error.failure), False, False, None
         keycloak = await self._clients.get(connection)
         try:
             version = await keycloak.version()
             status["keycloakVersion"] = ".".join(map(str, version))
             conflict = _conflict(obj, peers(spec.realm), normalized_url(connection.url))
             if conflict is not None:
-                return Outcome(credentials=True, applied=conflict), False, False
+                return Outcome(credentials=True, applied=conflict), False, False, None
             try:
                 desired = desired_smtp_server(spec, credentials, version)
             except UnsupportedVersion as error:
                 return Outcome(credentials=True, applied=Failure(
-                    Reason.UNSUPPORTED_KEYCLOAK_VERSION, str(error), needs_person=True)), False, False
+                    Reason.UNSUPPORTED_KEYCLOAK_VERSION, str(error), needs_person=True)), False, False, None
             realm = await keycloak.read_realm(spec.realm)
             write, drift = needs_write(desired, realm.get("smtpServer"), secret_version=credentials.secret_version,
                                        applied_secret_version=obj.status.get("appliedSecretVersion"))
@@ -156,8 +187,8 @@ class Reconciler:
                 status["lastAppliedTime"] = _stamp(self._now())
                 events.append(_write_event(obj, drift.keys))
         except KeycloakFailure as error:
-            return Outcome(credentials=True, applied=error.failure), not error.failure.needs_person, False
-        return Outcome(credentials=True, applied=True), False, write
+            return Outcome(credentials=True, applied=error.failure), not error.failure.needs_person, False, None
+        return Outcome(credentials=True, applied=True), False, write, credentials
 
     async def _check_allowed(self, obj: MailConfigObject, spec: MailConfigSpec, allowed_namespaces: Any,
                              allowed_realms: Sequence[str], connection: str) -> None:
@@ -244,6 +275,18 @@ class Reconciler:
         blocked = Failure(Reason.DELETION_BLOCKED, message)
         return self._finish(obj, Outcome(credentials=True, applied=blocked), {"observedGeneration": obj.generation},
                               [], retry=True, wrote=False)
+
+
+def _carried(condition: Mapping[str, Any] | None) -> Failure | bool | None:
+    """A previous probe condition, as the outcome that produced it."""
+    if not condition or condition.get("status") == "Unknown":
+        return None
+    if condition.get("status") == "True":
+        return True
+    try:
+        return Failure(Reason(condition.get("reason")), str(condition.get("message", "")))
+    except ValueError:
+        return None
 
 
 def _conflict(obj: MailConfigObject, claims: Sequence[Claim], url: str) -> Failure | None:

@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from kcmail.connections import KeycloakClients
 from kcmail.kube import Kube
 from kcmail.reconcile import REQUESTED_AT, Reconciler
@@ -25,6 +27,8 @@ class OperatorOptions:
     namespaces: tuple[str, ...] = ()
     ca_bundle: str | None = None
     liveness: str | None = None
+    # SMTP connections open at once across all MailConfigs' probes.
+    probe_concurrency: int = 10
 
 
 def jittered(interval: datetime.timedelta, rng: random.Random) -> float:
@@ -43,6 +47,7 @@ class Runtime:
     kube: Kube
     clients: KeycloakClients
     reconciler: Reconciler
+    probe_http: httpx.AsyncClient
     rng: random.Random = field(default_factory=random.Random)
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 def test_mailconfig_becomes_ready_and_keycloak_sends_with_its_settings(operator, tenant):
     before = tenant.admin.realm(tenant.realm)
     tenant.apply(tenant.secret(), tenant.mailconfig())
-    ready = tenant.wait_condition("True", "InSync")
+    ready = tenant.wait_condition("True", "Delivering")
 
     stored = tenant.smtp_server()
     assert stored["authType"] == "token"

@@ -16,7 +16,7 @@ WITHIN_SECONDS = INTERVAL_SECONDS * 1.1 + 10
 
 def test_drift_in_keycloak_is_put_back_within_the_interval_with_a_warning_naming_only_the_keys(operator, tenant):
     tenant.apply(tenant.secret(), tenant.mailconfig(interval=f"{INTERVAL_SECONDS}s"))
-    applied = tenant.wait_condition("True", "InSync")["status"]
+    applied = tenant.wait_condition("True", "Delivering")["status"]
     desired = tenant.smtp_server()
 
     # What a person does in the admin console: the whole map back, masked secret included, two values changed.
@@ -47,4 +47,4 @@ def test_drift_in_keycloak_is_put_back_within_the_interval_with_a_warning_naming
     assert status["appliedSecretVersion"] == applied["appliedSecretVersion"]
     assert status["lastAppliedTime"] > applied["lastAppliedTime"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("True", "InSync")
+    assert (ready["status"], ready["reason"]) == ("True", "Delivering")

@@ -22,7 +22,7 @@ def _request(tenant) -> str:
 
 def test_requested_at_annotation_reconciles_at_once_and_is_echoed_in_status(operator, tenant):
     tenant.apply(tenant.secret(), tenant.mailconfig(interval="10m"))
-    applied = tenant.wait_condition("True", "InSync")["status"]
+    applied = tenant.wait_condition("True", "Delivering")["status"]
     assert "lastHandledRequestedAt" not in applied
     desired = tenant.smtp_server()
 
@@ -49,4 +49,4 @@ def test_requested_at_annotation_reconciles_at_once_and_is_echoed_in_status(oper
                              timeout=WITHIN_SECONDS, what="the second request echoed in status")["status"]
     assert second["lastAppliedTime"] == handled["lastAppliedTime"]
     ready = next(c for c in second["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("True", "InSync")
+    assert (ready["status"], ready["reason"]) == ("True", "Delivering")

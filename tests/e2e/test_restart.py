@@ -38,7 +38,7 @@ def test_restart_with_nothing_changed_writes_nothing_to_keycloak(operator, tenan
     tenant.admin.record_admin_events(tenant.realm)
     before = _realm_writes(tenant)
     tenant.apply(tenant.secret(), tenant.mailconfig(interval=f"{INTERVAL_SECONDS}s"))
-    tenant.wait_condition("True", "InSync")
+    tenant.wait_condition("True", "Delivering")
     # The operator's first write is counted: the count can see a write.
     writes = _realm_writes(tenant)
     assert writes == before + 1
@@ -48,7 +48,7 @@ def test_restart_with_nothing_changed_writes_nothing_to_keycloak(operator, tenan
     # The old process is gone and the new one is still importing: later lines are the new one's.
     since = len(operator.log())
     first = _wait_for_passes(operator, tenant, since=since, count=1, timeout=START_SECONDS)[0]
-    assert first.endswith("Ready=True (InSync), no write to Keycloak"), first
+    assert first.endswith("Ready=True (Delivering), no write to Keycloak"), first
     writes = _realm_writes(tenant)
     assert writes == before + 1
 

@@ -43,7 +43,7 @@ def test_secret_rotation_reaches_keycloak_and_keycloak_sends_with_the_new_secret
     issuer = tenant.env.issuer_realm
     old_secret = tenant.admin.regenerate_client_secret(issuer, rotation_client)
     tenant.apply(tenant.secret(**{"client-id": rotation_client, "client-secret": old_secret}), tenant.mailconfig())
-    first = tenant.wait_condition("True", "InSync")["status"]
+    first = tenant.wait_condition("True", "Delivering")["status"]
     before = _send_test_mail(tenant, rotation_client)
     assert before.auth is not None
     assert before.auth.token_id
@@ -61,7 +61,7 @@ def test_secret_rotation_reaches_keycloak_and_keycloak_sends_with_the_new_secret
         lambda o: (o.get("status") or {}).get("appliedSecretVersion") != first["appliedSecretVersion"],
         timeout=WITHIN_SECONDS, what="a new appliedSecretVersion")["status"]
     assert _stamp(rotated["lastAppliedTime"]) > _stamp(first["lastAppliedTime"])
-    ready = tenant.wait_condition("True", "InSync", timeout=WITHIN_SECONDS)["status"]
+    ready = tenant.wait_condition("True", "Delivering", timeout=WITHIN_SECONDS)["status"]
     assert ready["appliedSecretVersion"] == rotated["appliedSecretVersion"]
     process = operator.process
     assert (process.pid, process.alive()) == (pid, True), "the operator restarted"
@@ -88,7 +88,7 @@ def test_secret_created_after_its_mailconfig_clears_secret_not_found(operator, t
     assert stored == {}
 
     tenant.apply(tenant.secret())
-    ready = tenant.wait_condition("True", "InSync", timeout=WITHIN_SECONDS)["status"]
+    ready = tenant.wait_condition("True", "Delivering", timeout=WITHIN_SECONDS)["status"]
     assert "Stalled" not in {c["type"] for c in ready["conditions"]}
     stored, client_id = tenant.smtp_server(), tenant.env.issuer_client_id
     assert stored["authTokenClientId"] == client_id

@@ -86,7 +86,7 @@ def test_stalled_disappears_once_resolved():
 
 def test_transitions_only_for_changes():
     first = merge([], evaluate(Outcome(credentials=True, applied=True)), generation=1, now=T0)
-    assert {t.type for t in transitions([], first)} == {"Ready", "CredentialsResolved", "Applied"}
+    assert {t.type for t in transitions([], first)} == {"Ready", "CredentialsResolved", "Applied", "SMTPAuthenticated"}
     same = merge(first, evaluate(Outcome(credentials=True, applied=True)), generation=1, now=T1)
     assert transitions(first, same) == []
     broken = merge(same, evaluate(Outcome(credentials=True, applied=Failure(Reason.REALM_NOT_FOUND, "m", True))),
@@ -103,3 +103,37 @@ def test_reasons_are_single_camel_case_words():
 
     for reason in Reason:
         assert re.fullmatch(r"[A-Z][A-Za-z0-9]*", reason.value), reason
+
+
+def test_ready_is_delivering_only_when_every_enabled_probe_passed():
+    from kcmail.conditions import Probes
+
+    passed = _by_type(evaluate(Outcome(credentials=True, applied=True, probes=Probes.TOKEN_AND_SMTP,
+                                       token=True, smtp=True)))
+    assert (passed[ConditionType.READY].status, passed[ConditionType.READY].reason) == (Status.TRUE, Reason.DELIVERING)
+    assert passed[ConditionType.TOKEN_ACQUIRED].reason is Reason.TOKEN_ISSUED
+
+    no_token = _by_type(evaluate(Outcome(credentials=True, applied=True, probes=Probes.TOKEN_AND_SMTP,
+                                         token=Failure(Reason.INVALID_CLIENT, "invalid_client"))))
+    assert no_token[ConditionType.READY].reason is Reason.INVALID_CLIENT
+    assert no_token[ConditionType.SMTP_AUTHENTICATED].status is Status.UNKNOWN
+    assert ConditionType.STALLED not in no_token  # a provider outage can pass by itself
+
+    basic = _by_type(evaluate(Outcome(credentials=True, applied=True, probes=Probes.SMTP, smtp=True)))
+    assert ConditionType.TOKEN_ACQUIRED not in basic
+    assert basic[ConditionType.READY].reason is Reason.DELIVERING
+
+
+def test_probes_off_leave_ready_on_applied():
+    conditions = _by_type(evaluate(Outcome(credentials=True, applied=True)))
+    assert conditions[ConditionType.READY].reason is Reason.IN_SYNC
+    assert conditions[ConditionType.SMTP_AUTHENTICATED].reason is Reason.PROBES_DISABLED
+
+
+def test_probe_conditions_wait_for_the_settings_to_be_applied():
+    from kcmail.conditions import Probes
+
+    conditions = _by_type(evaluate(Outcome(credentials=True, applied=Failure(Reason.REALM_NOT_FOUND, "m", True),
+                                           probes=Probes.TOKEN_AND_SMTP)))
+    assert ConditionType.TOKEN_ACQUIRED not in conditions
+    assert ConditionType.SMTP_AUTHENTICATED not in conditions

@@ -122,5 +122,6 @@ def issuer_secret(env: Environment, namespace: str, name: str) -> dict[str, Any]
 def start_operator(env: Environment, registry: ProcessRegistry, *, name: str = "operator",
                    args: Sequence[str] = ()) -> ServerProcess:
     """`kcmail run` against the environment's API server, its log in the state directory."""
-    return registry.start(name, [sys.executable, "-m", "kcmail.cli", "run", *args],
+    # The operator trusts the environment's CA as a cluster's operator trusts its CA bundle.
+    return registry.start(name, [sys.executable, "-m", "kcmail.cli", "run", "--ca-bundle", str(env.ca_file), *args],
                           env={"KUBECONFIG": str(env.kubeconfig), "PYTHONUNBUFFERED": "1"})

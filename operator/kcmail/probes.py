@@ -1,0 +1,112 @@
+"""When to probe, and one probe of a MailConfig: the token Keycloak will ask for, then the SMTP server.
+
+An XOAUTH2 probe that the SMTP server refuses is retried once with a fresh token, as Keycloak itself
+does after an AuthenticationFailedException; a token that a server refuses is never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from dataclasses import dataclass, field
+
+from kcmail.conditions import Failure, Reason
+from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
+from kcmail.smtp_probe import SendSpec, SmtpCredentials, SmtpProbeResult, SmtpTarget, Step, probe_smtp
+from kcmail.spec import AuthType, Credentials, MailConfigSpec, ProbeMode
+
+
+@dataclass
+class ProbeOutcome:
+    """``token`` is None when the auth type needs no token; ``smtp`` is None when it was not reached."""
+
+    token: Failure | bool | None = None
+    smtp: Failure | bool | None = None
+    token_expires_at: datetime.datetime | None = None
+    steps: list[Step] = field(default_factory=list)
+
+
+def parse_time(value: object) -> datetime.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def probe_due(last_probe: object, interval: datetime.timedelta, now: datetime.datetime, *, forced: bool) -> bool:
+    """Probe when asked to, when never probed, or once an interval has passed since the last probe.
+
+    Keying on the last probe's time (kept in status) spreads probes after a restart exactly as they
+    were spread before it, instead of firing every MailConfig's probe at once.
+    """
+    if forced:
+        return True
+    last = parse_time(last_probe)
+    return last is None or now - last >= interval
+
+
+class Prober:
+    """Runs probes for every MailConfig, at most ``concurrency`` at a time across the operator."""
+
+    def __init__(self, tokens: TokenClient, tls: ssl.SSLContext, concurrency: int) -> None:
+        self._tokens = tokens
+        self._tls = tls
+        self._slots = asyncio.Semaphore(concurrency)
+        self.active = 0
+        self.peak = 0
+
+    async def probe(self, spec: MailConfigSpec, credentials: Credentials, mailconfig: str) -> ProbeOutcome:
+        async with self._slots:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            try:
+                return await self._probe(spec, credentials, mailconfig)
+            finally:
+                self.active -= 1
+
+    async def _probe(self, spec: MailConfigSpec, credentials: Credentials, mailconfig: str) -> ProbeOutcome:
+        outcome = ProbeOutcome()
+        smtp = spec.smtp
+        target = SmtpTarget(host=smtp.host, port=smtp.port, security=smtp.security,
+                            connect_timeout=smtp.timeouts.connect.total_seconds(),
+                            timeout=max(smtp.timeouts.read, smtp.timeouts.write).total_seconds())
+        send = None
+        if spec.probe.smtp is ProbeMode.SEND:
+            send = SendSpec(sender=spec.sender.envelope_from or spec.sender.from_address,
+                            recipient=spec.probe.recipient, mailconfig=mailconfig)
+        auth = spec.auth
+        if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None:
+            request = TokenRequest(url=auth.xoauth2.token_url, client_id=credentials.client_id,
+                                   client_secret=credentials.client_secret, scope=auth.xoauth2.scope,
+                                   secret_version=credentials.secret_version)
+            result = await self._xoauth2(request, target, auth.username, send, outcome)
+        else:
+            secret = credentials.password if auth.type is AuthType.BASIC else ""
+            result = await probe_smtp(target, SmtpCredentials(auth.type, auth.username, secret), self._tls, send=send)
+        if result is not None:
+            outcome.steps.extend(result.steps)
+            outcome.smtp = result.failure or True
+        return outcome
+
+    async def _xoauth2(self, request: TokenRequest, target: SmtpTarget, username: str, send: SendSpec | None,
+                       outcome: ProbeOutcome) -> SmtpProbeResult | None:
+        result = None
+        for attempt in range(2):
+            try:
+                token = await self._tokens.token(request)
+            except TokenFailure as error:
+                outcome.token = error.failure
+                return None
+            outcome.token = True
+            outcome.token_expires_at = token.expires_at
+            result = await probe_smtp(target, SmtpCredentials(AuthType.XOAUTH2, username, token.access_token),
+                                      self._tls, send=send)
+            if result.failure is None or result.failure.reason is not Reason.AUTHENTICATION_REJECTED:
+                return result
+            self._tokens.forget(request)
+            if attempt == 0:
+                outcome.steps.extend(result.steps)
+        return result
