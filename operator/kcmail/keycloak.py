@@ -8,6 +8,8 @@ words and never a secret.
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import ssl
 import time
@@ -62,6 +64,7 @@ class KeycloakClient:
         )
         self._admin = KeycloakAdmin(connection=connection)
         self._version: tuple[float, Version] | None = None
+        self._token_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         await self._admin.connection.aclose()
@@ -90,8 +93,28 @@ class KeycloakClient:
         await self._call(f"update realm {realm!r}", self._admin.a_update_realm, realm, representation,
                          realm=realm)
 
+    async def _ensure_token(self) -> None:
+        """Log in once, before the first call and when the token nears its end.
+
+        python-keycloak logs in only after a 401, so concurrent first calls (a Connection check and its
+        MailConfigs at start-up) would each log in; the lock makes them share one token.
+        """
+        connection = self._admin.connection
+
+        def valid() -> bool:
+            expires = connection.expires_at
+            return connection.token is not None and expires is not None and datetime.datetime.now(
+                datetime.UTC) < expires
+
+        if valid():
+            return
+        async with self._token_lock:
+            if not valid():
+                await connection.a_get_token()
+
     async def _call(self, what: str, method: Any, *args: Any, realm: str | None = None) -> Any:
         try:
+            await self._ensure_token()
             return await method(*args)
         except KeycloakAuthenticationError as error:
             raise KeycloakFailure(Failure(

@@ -201,6 +201,10 @@ async def test_a_409_from_a_simultaneous_realm_write_is_retried_not_stalled():
         raise KeycloakPutError(error_message=b"conflict", response_code=409,
                                response_body=b'{"errorMessage":"Realm with same name exists"}')
 
+    async def logged_in() -> None:
+        return None
+
+    keycloak._ensure_token = logged_in
     keycloak._admin.a_get_server_info = server_info
     keycloak._admin.a_get_realm = get_realm
     keycloak._admin.a_update_realm = collide

@@ -87,6 +87,15 @@ class ProcessRegistry:
         self._save([*self.load(), server])
         return server
 
+    def stop(self, name: str, timeout: float = 20.0) -> bool:
+        """Stop one recorded server by name and forget it; False when none by that name was recorded."""
+        processes = self.load()
+        chosen = [p for p in processes if p.name == name]
+        for server in chosen:
+            _stop(server, timeout)
+        self._save([p for p in processes if p.name != name])
+        return bool(chosen)
+
     def stop_all(self, timeout: float = 20.0) -> list[str]:
         """Stop every recorded server, newest first, each before the next; returns the names stopped.
 
