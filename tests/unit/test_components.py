@@ -61,3 +61,12 @@ def test_version_stamp_covers_both_version_packages():
     flags = components._k8s_ldflags("1.35.4")
     assert "-X k8s.io/component-base/version.gitVersion=v1.35.4" in flags
     assert "-X k8s.io/client-go/pkg/version.gitMinor=35" in flags
+
+
+def test_helm_stamp_sets_its_version_and_the_kubernetes_release_of_its_client_go():
+    flags = components._helm_ldflags("3.21.4", "v0.35.2")
+    assert "-X helm.sh/helm/v3/internal/version.version=v3.21.4" in flags
+    # Without these, `helm template` assumes Kubernetes 1.20 and refuses charts that need more.
+    for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        assert f"-X {pkg}.k8sVersionMajor=1" in flags
+        assert f"-X {pkg}.k8sVersionMinor=35" in flags

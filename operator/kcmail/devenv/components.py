@@ -57,6 +57,7 @@ class Components:
     etcd: Path
     keycloak_home: Path
     keycloak_java_home: Path
+    helm: Path
 
 
 def _require_tool(name: str, fix: str) -> str:
@@ -183,6 +184,48 @@ def build_etcd(version: str, progress: Progress = _print_progress) -> Path:
     return binary
 
 
+def build_helm(version: str, progress: Progress = _print_progress) -> Path:
+    """helm of ``version``, built from helm.sh/helm/v3 in a wrapper module like etcd."""
+    target = cache_root() / "components" / f"helm-v{version}"
+    binary = target / "helm"
+    if binary.exists():
+        return binary
+    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
+    progress(f"building helm v{version} with Go (first run: 2-5 min)")
+    work = _fresh_dir(cache_root() / "build" / f"helm-v{version}")
+    log = work / "build.log"
+    env = _go_env()
+    _run_logged([go, "mod", "init", "local/helmbin"], cwd=work, log=log, env=env, what="go mod init",
+                progress=progress)
+    _run_logged([go, "get", f"helm.sh/helm/v3@v{version}"], cwd=work, log=log, env=env,
+                what="resolving helm modules", progress=progress)
+    client_go = subprocess.run([go, "list", "-m", "-f", "{{.Version}}", "k8s.io/client-go"], cwd=work,
+                               capture_output=True, text=True, env={**os.environ, **env}, check=False)
+    if client_go.returncode != 0:
+        raise BuildFailed(f"go list -m k8s.io/client-go failed: {client_go.stderr.strip()}")
+    out = work / "bin"
+    _run_logged([go, "build", "-trimpath", "-ldflags", _helm_ldflags(version, client_go.stdout.strip()),
+                 "-o", str(out / "helm"), "helm.sh/helm/v3/cmd/helm"], cwd=work, log=log, env=env,
+                what="compiling helm", progress=progress)
+    _install(out, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
+def _helm_ldflags(version: str, client_go_version: str) -> str:
+    """Stamp what helm's own Makefile stamps.
+
+    Unstamped, ``helm version`` says only "v3.21", and ``helm template`` and ``helm lint`` assume
+    Kubernetes 1.20 (failing any chart whose kubeVersion needs more); the Makefile derives the Kubernetes
+    release from the client-go module helm is built with (v0.35.x: 1.35).
+    """
+    _, minor, _ = client_go_version.removeprefix("v").split(".", 2)
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version=v{version}"]
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={minor}"]
+    return " ".join(flags)
+
+
 def fetch_keycloak(version: str, progress: Progress = _print_progress) -> Path:
     """The unpacked Keycloak distribution of ``version``, fetched through Maven."""
     target = cache_root() / "components" / f"keycloak-{version}"
@@ -246,8 +289,9 @@ def ensure_all(keycloak_version: str = versions.KEYCLOAK, progress: Progress = _
     apiserver, kubectl = build_kubernetes(versions.KUBERNETES, progress)
     etcd = build_etcd(versions.ETCD, progress)
     keycloak = fetch_keycloak(keycloak_version, progress)
+    helm = build_helm(versions.HELM, progress)
     return Components(kube_apiserver=apiserver, kubectl=kubectl, etcd=etcd, keycloak_home=keycloak,
-                      keycloak_java_home=java_home)
+                      keycloak_java_home=java_home, helm=helm)
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -2,6 +2,8 @@
 
 KUBERNETES = "1.35.4"
 ETCD = "3.6.8"
+# The chart tests lint and render charts/kcmail with it.
+HELM = "3.21.4"
 KEYCLOAK = "26.7.3"
 # An older Keycloak for version-gating tests (token auth since 26.2, timeout keys since 26.5).
 KEYCLOAK_LEGACY = "26.4.7"

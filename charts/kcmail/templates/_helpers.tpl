@@ -1,0 +1,93 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "kcmail.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kcmail.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kcmail.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kcmail.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kcmail.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "kcmail.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kcmail.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kcmail.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kcmail.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The CA bundle file inside the container, or nothing when no bundle is configured. */}}
+{{- define "kcmail.caBundlePath" -}}
+{{- if or .Values.caBundle.configMap .Values.caBundle.secret -}}
+{{- printf "/etc/kcmail/ca/%s" .Values.caBundle.key -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Rules every namespace kcmail watches needs: its namespaced kinds, their Secrets and Events. */}}
+{{- define "kcmail.namespacedRules" -}}
+# MailConfigs and KeycloakConnections: kopf lists and watches them and patches their metadata (the
+# kcmail.io/finalizer and kcmail.io/ annotations); kcmail reads Connections and writes status.
+- apiGroups: [kcmail.io]
+  resources: [mailconfigs, keycloakconnections]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kcmail.io]
+  resources: [mailconfigs/status, keycloakconnections/status]
+  verbs: [patch]
+# Secrets: the credentials MailConfigs and Connections refer to; kopf watches them to notice rotation.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.peering.enabled }}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end -}}
+
+{{/* Rules for cluster-scoped kinds, needed whatever the scope. */}}
+{{- define "kcmail.clusterRules" -}}
+- apiGroups: [kcmail.io]
+  resources: [clusterkeycloakconnections]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kcmail.io]
+  resources: [clusterkeycloakconnections/status]
+  verbs: [patch]
+# kopf lists and watches Namespaces when it watches a set of them; kcmail reads a namespace's labels to
+# check a ClusterKeycloakConnection's allowedNamespaces.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
+# kopf discovers the kinds it serves from the CRDs and follows their changes.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- end -}}
