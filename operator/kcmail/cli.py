@@ -7,6 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from kcmail import metrics, probe_cli
+from kcmail.adopt import cli as adopt_cli
+
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: kopf registers its handlers on import, which only `run` wants.
@@ -15,18 +18,36 @@ def _run(args: argparse.Namespace) -> int:
     from kcmail import handlers
     from kcmail.runtime import OperatorOptions
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.log_format == "json":
+        # One JSON object per line; kopf's lines about one Kubernetes object carry it under "object".
+        kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
+    else:
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not args.verbose:
         # One line per request or per handled event drowns what matters; kcmail logs its own actions.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if args.metrics_address is not None:
+        host, port = args.metrics_address
+        try:
+            metrics.serve(host, port)
+        except OSError as error:
+            print(f"kcmail: cannot serve metrics on {host}:{port}: {error}", file=sys.stderr)
+            return 2
     namespaces = tuple(args.namespace or ())
     handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness,
                                        probe_concurrency=args.probe_concurrency))
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness,
              standalone=not args.peering)
     return 0
+
+
+def _metrics_address(value: str) -> tuple[str, int] | None:
+    try:
+        return metrics.parse_address(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,11 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ca-bundle", help="PEM file of extra CAs trusted for Keycloak, token endpoints and SMTP")
     run.add_argument("--probe-concurrency", type=int, default=10,
                      help="SMTP probes running at once across all MailConfigs (default 10)")
-    run.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    run.add_argument("--metrics-address", type=_metrics_address, default=metrics.DEFAULT_ADDRESS,
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics; 'off' serves none "
+                          f"(default {metrics.DEFAULT_ADDRESS})")
     run.add_argument("--peering", action="store_true",
                      help="coordinate with other replicas through kopf peering instead of running standalone")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="text lines (default) or one JSON object per line, for log collectors")
     run.set_defaults(handler=_run)
+    probe_cli.register(subparsers)
+    adopt_cli.register(subparsers)
     try:
         from kcmail.devenv import cli as dev_cli
     except ImportError:

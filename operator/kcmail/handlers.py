@@ -10,17 +10,19 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import time
 from typing import Any
 
 import httpx
 import kopf
 
+from kcmail import metrics
 from kcmail.connections import KeycloakClients, normalized_url, secret_refs, tls_context
 from kcmail.kube import MAILCONFIGS, PLURALS, Kube, load_client_config
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
-from kcmail.runtime import OperatorOptions, Runtime, backoff, jittered
+from kcmail.runtime import OperatorOptions, Runtime, backoff, jittered, secret_is_news
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
 
 OPTIONS = OperatorOptions()
@@ -84,12 +86,12 @@ def realm_claims(namespace: str, name: str, uid: str, meta: Any, spec: Any, **_:
 
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
-def secret_users(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str] | None:
+def secret_users(namespace: str, name: str, spec: Any, status: Any, **_: Any) -> dict[Any, tuple[str, Any]] | None:
     try:
         secret = MailConfigSpec.parse(spec).auth.secret_name
     except SpecError:
         return None
-    return {(namespace, secret): f"{namespace}/{name}"} if secret else None
+    return {(namespace, secret): (f"{namespace}/{name}", status.get("appliedSecretVersion"))} if secret else None
 
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
@@ -146,6 +148,7 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
         while not stopped:
             waker.clear()
             obj = MailConfigObject.from_body(body)
+            started = time.monotonic()
             try:
                 result = await rt.reconciler.reconcile(
                     obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
@@ -154,9 +157,12 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
                 # Kubernetes API errors and the unforeseen: retried with backoff. Only the type and text
                 # are logged; no traceback locals, which could hold credentials.
                 log.warning("MailConfig %s: reconcile failed, retrying: %s: %s", obj.id, type(error).__name__, error)
+                metrics.record_failed_pass(time.monotonic() - started)
                 attempt += 1
             else:
                 log.info("MailConfig %s: reconciled: %s", obj.id, result.summary())
+                metrics.record_pass(obj.namespace, obj.name, result.status, obj.status, wrote=result.wrote,
+                                    seconds=time.monotonic() - started)
                 attempt = attempt + 1 if result.retry else 0
             delay = _next_delay(rt, obj, attempt)
             if attempt:
@@ -164,6 +170,7 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
             await _sleep(rt, waker, stopped, delay)
     finally:
         rt.forget(key)
+        metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
 
 
 def _next_delay(rt: Runtime, obj: MailConfigObject, attempt: int) -> float:
@@ -210,13 +217,17 @@ def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | N
 
 
 @kopf.on.event("", "v1", "secrets")
-async def secret_changed(namespace: str, name: str, secret_users: kopf.Index, connection_users: kopf.Index,
-                         namespaced_connection_secrets: kopf.Index, cluster_connection_secrets: kopf.Index,
-                         **_: Any) -> None:
+async def secret_changed(namespace: str, name: str, meta: Any, type: str | None, secret_users: kopf.Index,
+                         connection_users: kopf.Index, namespaced_connection_secrets: kopf.Index,
+                         cluster_connection_secrets: kopf.Index, **_: Any) -> None:
     # Every Secret in the watched namespaces streams through here; only referenced ones matter.
     rt = runtime()
-    for user in secret_users.get((namespace, name), []):
-        rt.wake(user)
+    for user, applied in secret_users.get((namespace, name), []):
+        if secret_is_news(meta.get("uid", ""), meta.get("resourceVersion", ""), applied):
+            rt.wake(user)
+    if type is None:
+        # Listed at start-up: each Connection's own start-up check and each loop's first pass read it.
+        return
     # A Connection's admin credentials or CA: fixing them must not wait for the next timer or interval.
     for index in (namespaced_connection_secrets, cluster_connection_secrets):
         for key in index.get((namespace, name), []):
@@ -226,20 +237,22 @@ async def secret_changed(namespace: str, name: str, secret_users: kopf.Index, co
 
 
 @kopf.on.event(GROUP, VERSION, "keycloakconnections")
-def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, connection_users: kopf.Index,
-                                  **_: Any) -> None:
-    _wake_users(body, connection_users, (ConnectionKind.NAMESPACED.value, namespace, name))
+def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, type: str | None,
+                                  connection_users: kopf.Index, **_: Any) -> None:
+    _wake_users(body, type, connection_users, (ConnectionKind.NAMESPACED.value, namespace, name))
 
 
 @kopf.on.event(GROUP, VERSION, "clusterkeycloakconnections")
-def cluster_connection_changed(body: kopf.Body, name: str, connection_users: kopf.Index, **_: Any) -> None:
-    _wake_users(body, connection_users, (ConnectionKind.CLUSTER.value, None, name))
+def cluster_connection_changed(body: kopf.Body, name: str, type: str | None, connection_users: kopf.Index,
+                               **_: Any) -> None:
+    _wake_users(body, type, connection_users, (ConnectionKind.CLUSTER.value, None, name))
 
 
-def _wake_users(body: kopf.Body, connection_users: kopf.Index, key: tuple[Any, ...]) -> None:
+def _wake_users(body: kopf.Body, event_type: str | None, connection_users: kopf.Index, key: tuple[Any, ...]) -> None:
     # A spec change reaches every MailConfig using the Connection; its own status writes do not.
     rt = runtime()
-    if not rt.connection_changed(key, body.get("metadata", {}).get("generation")):
+    # kopf marks the objects of its start-up listing with the event type None.
+    if not rt.connection_changed(key, body.get("metadata", {}).get("generation"), listed=event_type is None):
         return
     for user in connection_users.get(key, []):
         rt.wake(user)

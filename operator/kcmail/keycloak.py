@@ -65,19 +65,41 @@ class KeycloakClient:
         self._admin = KeycloakAdmin(connection=connection)
         self._version: tuple[float, Version] | None = None
         self._token_lock = asyncio.Lock()
+        self._version_read: asyncio.Future[Version] | None = None
 
     async def aclose(self) -> None:
         await self._admin.connection.aclose()
         await self._admin.connection.keycloak_openid.connection.aclose()
 
     async def version(self, *, fresh: bool = False) -> Version:
-        """The server's version, re-read at most every few minutes unless ``fresh``."""
+        """The server's version, re-read at most every few minutes unless ``fresh``.
+
+        Calls that need it while a read is under way share that read and its outcome: every MailConfig's
+        first pass after a start asks at once, and /admin/serverinfo is one of Keycloak's heaviest answers.
+        """
         if self._version is not None and not fresh and time.monotonic() - self._version[0] < _VERSION_MAX_AGE_SECONDS:
             return self._version[1]
+        if self._version_read is None:
+            self._version_read = asyncio.ensure_future(self._read_version())
+            self._version_read.add_done_callback(self._version_read_done)
+        # Shielded: a caller that is cancelled (its MailConfig deleted) must not cancel the others' read.
+        return await asyncio.shield(self._version_read)
+
+    async def _read_version(self) -> Version:
         info = await self._call("read the server version", self._admin.a_get_server_info)
         version = parse_version(str(info.get("systemInfo", {}).get("version", "")))
         self._version = (time.monotonic(), version)
         return version
+
+    def _version_read_done(self, read: asyncio.Future[Version]) -> None:
+        self._version_read = None
+        if not read.cancelled():
+            read.exception()  # retrieved here too, so a read nobody awaited any more is not reported as lost
+
+    async def list_realms(self) -> list[str]:
+        """The names of the realms the admin account may see."""
+        realms = await self._call("list the realms", self._admin.a_get_realms)
+        return [str(realm["realm"]) for realm in realms]
 
     async def read_realm(self, realm: str) -> dict[str, Any]:
         return dict(await self._call(f"read realm {realm!r}", self._admin.a_get_realm, realm, realm=realm))

@@ -31,7 +31,12 @@ class Secret:
     @property
     def version(self) -> str:
         """Identifies this content of this Secret without revealing anything about the content."""
-        return f"{self.uid}/{self.resource_version}"
+        return secret_version(self.uid, self.resource_version)
+
+
+def secret_version(uid: str, resource_version: str) -> str:
+    """What ``appliedSecretVersion`` records: the Secret's identity and revision, nothing of its content."""
+    return f"{uid}/{resource_version}"
 
 
 def load_client_config() -> client.ApiClient:

@@ -2,13 +2,16 @@
 
 Keycloak asks ``authTokenUrl`` for a token with the client-credentials grant, client_secret_post (client
 ID and secret in the form body, no Basic header) and ``authTokenScope``. kcmail asks exactly that, so a
-failure here is the failure Keycloak will meet. Tokens are cached per (URL, client, scope, Secret
-version) and reused until shortly before they expire: steady probing costs one request per token life.
+failure here is the failure Keycloak will meet. Tokens are cached per credential (URL, client, scope and
+secret) and reused until shortly before they expire: steady probing costs one request per credential per
+token life, however many MailConfigs and Secrets hold that credential.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import hashlib
 import json
 import ssl
 from collections.abc import Callable, Mapping
@@ -97,27 +100,52 @@ class TokenRequest:
 
     @property
     def cache_key(self) -> tuple[str, str, str, str]:
-        return (self.url, self.client_id, self.scope, self.secret_version)
+        """The credential itself, not the Secret it came from: a thousand Secrets holding one app's client
+        share its token, and a rotated secret is a new key. The secret is kept as a digest, in memory only."""
+        return (self.url, self.client_id, self.scope, hashlib.sha256(self.client_secret.encode()).hexdigest())
 
 
 class TokenClient:
-    """Requests tokens and caches them; one instance for the operator's lifetime."""
+    """Requests tokens and caches them; one instance for the operator's lifetime.
+
+    Probes that need the same token at the same moment share one request: the first asks, the others
+    wait for its answer instead of each asking the token endpoint.
+    """
 
     def __init__(self, http: httpx.AsyncClient,
                  now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)) -> None:
         self._http = http
         self._now = now
         self._cache: dict[tuple[str, str, str, str], Token] = {}
+        self._requesting: dict[tuple[str, str, str, str], asyncio.Lock] = {}
         self.requests_made = 0
 
     async def token(self, request: TokenRequest) -> Token:
         """A valid token for ``request``: cached while it has more than a minute left, else a new one."""
-        cached = self._cache.get(request.cache_key)
+        token, _ = await self.acquire(request)
+        return token
+
+    async def acquire(self, request: TokenRequest) -> tuple[Token, bool]:
+        """Like :meth:`token`, and whether this call asked the token endpoint (False: from the cache)."""
+        key = request.cache_key
+        cached = self._valid(key)
+        if cached is not None:
+            return cached, False
+        lock = self._requesting.setdefault(key, asyncio.Lock())
+        async with lock:
+            # Another probe may have fetched it while this one waited.
+            cached = self._valid(key)
+            if cached is not None:
+                return cached, False
+            token = await self._request(request)
+            self._cache[key] = token
+            return token, True
+
+    def _valid(self, key: tuple[str, str, str, str]) -> Token | None:
+        cached = self._cache.get(key)
         if cached is not None and cached.expires_at - RENEW_BEFORE > self._now():
             return cached
-        token = await self._request(request)
-        self._cache[request.cache_key] = token
-        return token
+        return None
 
     def forget(self, request: TokenRequest) -> None:
         """Drop a cached token the SMTP server refused, so the next probe asks for a fresh one."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
+import time
 from dataclasses import dataclass, field
 
+from kcmail import metrics
 from kcmail.conditions import Failure, Reason
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
 from kcmail.smtp_probe import SendSpec, SmtpCredentials, SmtpProbeResult, SmtpTarget, Step, probe_smtp
@@ -48,6 +50,32 @@ def probe_due(last_probe: object, interval: datetime.timedelta, now: datetime.da
     return last is None or now - last >= interval
 
 
+def smtp_target(spec: MailConfigSpec, timeout: float | None = None) -> SmtpTarget:
+    """Where and how Keycloak will meet the SMTP server; ``timeout`` replaces the spec's timeouts."""
+    smtp = spec.smtp
+    return SmtpTarget(host=smtp.host, port=smtp.port, security=smtp.security,
+                      connect_timeout=timeout or smtp.timeouts.connect.total_seconds(),
+                      timeout=timeout or max(smtp.timeouts.read, smtp.timeouts.write).total_seconds())
+
+
+def send_spec(spec: MailConfigSpec, mailconfig: str, recipient: str = "") -> SendSpec | None:
+    """The probe message to send: in Send mode, or to ``recipient`` when one is given."""
+    if not recipient and spec.probe.smtp is not ProbeMode.SEND:
+        return None
+    return SendSpec(sender=spec.sender.envelope_from or spec.sender.from_address,
+                    recipient=recipient or spec.probe.recipient, mailconfig=mailconfig)
+
+
+def token_request(spec: MailConfigSpec, credentials: Credentials) -> TokenRequest | None:
+    """The token request Keycloak will make, or None when the auth type needs no token."""
+    auth = spec.auth
+    if auth.type is not AuthType.XOAUTH2 or auth.xoauth2 is None:
+        return None
+    return TokenRequest(url=auth.xoauth2.token_url, client_id=credentials.client_id,
+                        client_secret=credentials.client_secret, scope=auth.xoauth2.scope,
+                        secret_version=credentials.secret_version)
+
+
 class Prober:
     """Runs probes for every MailConfig, at most ``concurrency`` at a time across the operator."""
 
@@ -62,26 +90,22 @@ class Prober:
         async with self._slots:
             self.active += 1
             self.peak = max(self.peak, self.active)
+            metrics.PROBES_IN_FLIGHT.set(self.active)
             try:
-                return await self._probe(spec, credentials, mailconfig)
+                outcome = await self._probe(spec, credentials, mailconfig)
             finally:
                 self.active -= 1
+                metrics.PROBES_IN_FLIGHT.set(self.active)
+        failure = next((r for r in (outcome.token, outcome.smtp) if isinstance(r, Failure)), None)
+        metrics.record_probe([(s.name, s.seconds) for s in outcome.steps],
+                             failure.reason.value if failure is not None else None)
+        return outcome
 
     async def _probe(self, spec: MailConfigSpec, credentials: Credentials, mailconfig: str) -> ProbeOutcome:
         outcome = ProbeOutcome()
-        smtp = spec.smtp
-        target = SmtpTarget(host=smtp.host, port=smtp.port, security=smtp.security,
-                            connect_timeout=smtp.timeouts.connect.total_seconds(),
-                            timeout=max(smtp.timeouts.read, smtp.timeouts.write).total_seconds())
-        send = None
-        if spec.probe.smtp is ProbeMode.SEND:
-            send = SendSpec(sender=spec.sender.envelope_from or spec.sender.from_address,
-                            recipient=spec.probe.recipient, mailconfig=mailconfig)
+        target, send, request = smtp_target(spec), send_spec(spec, mailconfig), token_request(spec, credentials)
         auth = spec.auth
-        if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None:
-            request = TokenRequest(url=auth.xoauth2.token_url, client_id=credentials.client_id,
-                                   client_secret=credentials.client_secret, scope=auth.xoauth2.scope,
-                                   secret_version=credentials.secret_version)
+        if request is not None:
             result = await self._xoauth2(request, target, auth.username, send, outcome)
         else:
             secret = credentials.password if auth.type is AuthType.BASIC else ""
@@ -95,11 +119,17 @@ class Prober:
                        outcome: ProbeOutcome) -> SmtpProbeResult | None:
         result = None
         for attempt in range(2):
+            started = time.monotonic()
             try:
-                token = await self._tokens.token(request)
+                token, requested = await self._tokens.acquire(request)
             except TokenFailure as error:
+                outcome.steps.append(Step("token", False, time.monotonic() - started, error.failure.message))
                 outcome.token = error.failure
                 return None
+            if requested:
+                # A cached token took no time to get; only a real request says how the endpoint does.
+                outcome.steps.append(Step("token", True, time.monotonic() - started,
+                                          f"token issued, expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ}"))
             outcome.token = True
             outcome.token_expires_at = token.expires_at
             result = await probe_smtp(target, SmtpCredentials(AuthType.XOAUTH2, username, token.access_token),

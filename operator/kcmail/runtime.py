@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from kcmail.connections import KeycloakClients
-from kcmail.kube import Kube
+from kcmail.kube import Kube, secret_version
 from kcmail.reconcile import REQUESTED_AT, Reconciler
 
 # Backoff for failures that can pass (Keycloak down, 5xx): from a few seconds up to the interval.
@@ -73,8 +73,21 @@ class Runtime:
             self._seen[key] = mark
             self.wake(key)
 
-    def connection_changed(self, key: tuple[Any, ...], generation: Any) -> bool:
-        """True the first time a Connection is seen and whenever its spec changes."""
+    def connection_changed(self, key: tuple[Any, ...], generation: Any, *, listed: bool = False) -> bool:
+        """True the first time a Connection is seen and whenever its spec changes.
+
+        One ``listed`` at start-up is only remembered: every loop's first pass reads it anyway, and waking
+        them all for it would double every MailConfig's first pass.
+        """
         changed = self._connection_generations.get(key) != generation
         self._connection_generations[key] = generation
-        return changed
+        return changed and not listed
+
+
+def secret_is_news(uid: str, resource_version: str, applied_version: str | None) -> bool:
+    """Whether an event of a MailConfig's Secret carries content that MailConfig has not applied.
+
+    The Secrets listed at start-up are the very ones the MailConfigs applied before: waking each loop
+    for them would cost every MailConfig a second realm read right after its first.
+    """
+    return secret_version(uid, resource_version) != applied_version

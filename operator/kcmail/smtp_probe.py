@@ -10,10 +10,11 @@ import enum
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from typing import Any
 
 import aiosmtplib
 
@@ -62,6 +63,9 @@ class SmtpProbeResult:
     steps: list[Step] = field(default_factory=list)
     failure: Failure | None = None
     probe_id: str = ""
+    # The AUTH mechanisms of the last EHLO answer (after STARTTLS when there is one), upper case: what
+    # `kcmail audit --probe` checks when it has no secret to authenticate with.
+    offered_auth: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -84,6 +88,39 @@ def _tls_failure(target: SmtpTarget, error: BaseException) -> Failure:
         return Failure(Reason.CERTIFICATE_UNTRUSTED,
                        f"{where}: certificate not trusted: {error.verify_message or error.reason}")
     return Failure(Reason.TLS_HANDSHAKE_FAILED, f"{where}: TLS handshake failed: {error}")
+
+
+def _names(rdns: object) -> str:
+    """An X.509 name as ``getpeercert()`` gives it → "CN=…, O=…" (only the attributes a person reads)."""
+    short = {"commonName": "CN", "organizationName": "O"}
+    parts = [f"{short[key]}={value}" for rdn in (rdns if isinstance(rdns, tuple) else ())
+             for key, value in rdn if key in short]
+    return ", ".join(parts) or "(no CN or O)"
+
+
+def certificate_summary(peercert: Mapping[str, Any] | None) -> str:
+    """The server certificate in one short phrase: subject, issuer, expiry (pure)."""
+    if not peercert:
+        return "certificate not available"
+    expiry = "unknown expiry"
+    not_after = peercert.get("notAfter")
+    if isinstance(not_after, str):
+        with contextlib.suppress(ValueError):
+            expires = datetime.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), datetime.UTC)
+            expiry = f"expires {expires:%Y-%m-%dT%H:%M:%SZ}"
+    return f"certificate {_names(peercert.get('subject'))} issued by {_names(peercert.get('issuer'))}, {expiry}"
+
+
+def _tls_summary(client: aiosmtplib.SMTP) -> str:
+    ssl_object = client.get_transport_info("ssl_object")
+    version = ssl_object.version() if isinstance(ssl_object, ssl.SSLObject) else None
+    return f"{version or 'TLS'}, {certificate_summary(client.get_transport_info('peercert'))}"
+
+
+def _capabilities(client: aiosmtplib.SMTP) -> str:
+    extensions = " ".join(sorted(client.esmtp_extensions))
+    methods = " ".join(method.upper() for method in client.server_auth_methods)
+    return extensions + (f" (AUTH {methods})" if methods else "")
 
 
 def _root(error: BaseException) -> BaseException:
@@ -138,12 +175,13 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
                 raise _Stop(_tls_failure(target, root)) from None
             raise _Stop(Failure(Reason.SMTP_UNREACHABLE,
                                 f"cannot connect to {target.host}:{target.port}: {error}")) from None
-        tls_note = ", TLS" if target.security is Security.SSL else ""
+        tls_note = f", {_tls_summary(client)}" if target.security is Security.SSL else ""
         return f"connected to {target.host}:{target.port}{tls_note}"
 
     async def ehlo() -> str:
         await client.ehlo()
-        return "EHLO: " + " ".join(sorted(client.esmtp_extensions))
+        result.offered_auth = frozenset(m.upper() for m in client.server_auth_methods)
+        return "EHLO: " + _capabilities(client)
 
     async def starttls() -> str:
         if not client.supports_extension("starttls"):
@@ -157,7 +195,8 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
                 raise _Stop(_tls_failure(target, root)) from None
             raise _Stop(_tls_failure(target, error)) from None
         await client.ehlo()
-        return "TLS established; EHLO again: " + " ".join(sorted(client.esmtp_extensions))
+        result.offered_auth = frozenset(m.upper() for m in client.server_auth_methods)
+        return f"{_tls_summary(client)}; EHLO again: {_capabilities(client)}"
 
     async def authenticate() -> str:
         offered = {m.upper() for m in client.server_auth_methods}

@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 
 from kcmail.devenv import operator_env
 from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
-from kcmail.devenv.processes import ProcessRegistry, ServerProcess
+from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, port_open, wait_until
 
 
 @dataclass
@@ -26,14 +27,22 @@ class Operator:
     registry: ProcessRegistry
     process: ServerProcess
     env: Environment
+    metrics_port: int
 
     def log(self) -> str:
         return self.process.log.read_text(errors="replace")
 
+    def metrics(self) -> str:
+        """What Prometheus would scrape from /metrics now (once the operator, perhaps just started, listens)."""
+        wait_until(lambda: port_open(self.metrics_port), server=self.process, what="its metrics port", timeout=60)
+        response = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10)
+        response.raise_for_status()
+        return response.text
+
     def restart(self) -> None:
-        """Stop `kcmail run` and start a new one; it appends to the same log."""
+        """Stop `kcmail run` and start a new one on the same metrics port; it appends to the same log."""
         self.registry.stop_all()
-        self.process = operator_env.start_operator(self.env, self.registry)
+        self.process = operator_env.start_operator(self.env, self.registry, metrics_port=self.metrics_port)
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +56,10 @@ def kcmail_installed(devenv: Environment) -> Environment:
 @pytest.fixture(scope="package")
 def operator(kcmail_installed: Environment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     registry = ProcessRegistry(tmp_path_factory.mktemp("operator"))
-    process = operator_env.start_operator(kcmail_installed, registry)
+    metrics_port = free_port()
+    process = operator_env.start_operator(kcmail_installed, registry, metrics_port=metrics_port)
     try:
-        yield Operator(registry, process, kcmail_installed)
+        yield Operator(registry, process, kcmail_installed, metrics_port)
     finally:
         registry.stop_all()
 
@@ -131,9 +141,13 @@ class Tenant:
 
 
 @pytest.fixture
-def tenant(kcmail_installed: Environment, keycloak_admin: KeycloakAdminAPI) -> Tenant:
+def tenant(kcmail_installed: Environment, keycloak_admin: KeycloakAdminAPI) -> Iterator[Tenant]:
     suffix = uuid.uuid4().hex[:8]
     namespace, realm = f"t-{suffix}", f"realm-{suffix}"
     operator_env.apply(kcmail_installed, operator_env.namespace(namespace))
     operator_env.create_realm(kcmail_installed, realm)
-    return Tenant(env=kcmail_installed, namespace=namespace, realm=realm, admin=keycloak_admin)
+    yield Tenant(env=kcmail_installed, namespace=namespace, realm=realm, admin=keycloak_admin)
+    # Every realm adds roles to the master admin's token; a few hundred leftover realms push it past
+    # Keycloak's request-header limit (HTTP 431). The MailConfigs go first so none reports a lost realm.
+    operator_env.kubectl(kcmail_installed, "-n", namespace, "delete", "mailconfigs", "--all", "--wait=false")
+    keycloak_admin.request("DELETE", f"/{realm}")

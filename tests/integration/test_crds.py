@@ -46,7 +46,9 @@ def _mail_config(namespace: str) -> dict[str, Any]:
         "apiVersion": _API_VERSION, "kind": "MailConfig",
         "metadata": {"name": "acme", "namespace": namespace},
         "spec": {
-            "connectionRef": {"kind": "ClusterKeycloakConnection", "name": "main"},
+            # A Connection that never exists: these objects test the schema and must never claim a realm
+            # that the demo or the operator's tests manage.
+            "connectionRef": {"kind": "ClusterKeycloakConnection", "name": "schema-only"},
             "realm": "acme",
             "smtp": {"host": "smtp.office365.com"},
             "sender": {"from": "no-reply@acme.example"},

@@ -96,3 +96,22 @@ async def test_tokens_are_reused_until_a_minute_before_expiry():
     form = dict(httpx.QueryParams(calls[0].content.decode()))
     assert form == {"grant_type": "client_credentials", "client_id": "app", "client_secret": "s", "scope": "smtp.send"}
     assert "authorization" not in calls[0].headers
+
+
+async def test_secrets_holding_the_same_credential_share_one_token_and_a_new_secret_gets_its_own():
+    calls = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"access_token": f"t{len(calls)}", "expires_in": 300})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        client = TokenClient(http, now=lambda: NOW)
+        tokens = [await client.token(TokenRequest(url="https://login.example/token", client_id="app",
+                                                  client_secret="s", scope="smtp.send",
+                                                  secret_version=f"secret-{i}/1")) for i in range(5)]
+        rotated = await client.token(TokenRequest(url="https://login.example/token", client_id="app",
+                                                  client_secret="s2", scope="smtp.send", secret_version="secret-0/2"))
+    assert [t.access_token for t in tokens] == ["t1"] * 5
+    assert rotated.access_token == "t2"
+    assert len(calls) == 2

@@ -82,6 +82,10 @@ class Environment:
     # Newer fields have defaults, so that an env file written before they existed still loads. Only the
     # rotation tests use this client; they regenerate its secret, so none is kept here.
     issuer_rotation_client_id: str = ""
+    # The helm binary of the components; empty (``Path()``) in an env file written before it existed.
+    helm: Path = Path()
+    # Keycloak's management interface (/health, /metrics); empty in an env file written before it existed.
+    keycloak_management_url: str = ""
 
     @property
     def realms(self) -> tuple[str, ...]:
@@ -181,7 +185,8 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
         issuer_scope=seeded.scope, target_realms=",".join(seeded.target_realms),
         smtp_host="127.0.0.1", smtp_starttls_port=starttls_port, smtp_tls_port=tls_port,
         smtp_spool=smtp.spool_dir, smtp_basic_user=basic_user, smtp_basic_password=basic_password,
-        issuer_rotation_client_id=seeded.rotation_client_id,
+        issuer_rotation_client_id=seeded.rotation_client_id, helm=parts.helm,
+        keycloak_management_url=keycloak.management_url,
     )
     env.write()
     return env

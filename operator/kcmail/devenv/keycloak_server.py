@@ -14,6 +14,8 @@ Entra app for Exchange Online) whose tokens the test SMTP server checks.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -30,8 +32,10 @@ from kcmail.devenv.components import cache_root
 from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, http_ok, wait_until
 
 # Keycloak's defaults (-Xms64m -Xmx512m) are tight for the admin API under tests; a pinned heap keeps
-# it from growing beside kube-apiserver on a 2-core, 24 GiB machine.
-_HEAP = "-Xms128m -Xmx768m"
+# it from growing beside kube-apiserver on a 2-core, 24 GiB machine. The benchmarks' thousand realms
+# need more: $KCMAIL_KEYCLOAK_HEAP sets the maximum (a JVM size such as 2g).
+HEAP_VARIABLE = "KCMAIL_KEYCLOAK_HEAP"
+_DEFAULT_MAX_HEAP = "768m"
 # The outgoing HTTP client has no connect timeout by default: a token URL that drops SYNs would hang
 # a mail send (and, through the process-wide token lock of 26.2 to 26.8, every realm's mail) for minutes.
 _CONNECT_TIMEOUT_MS = 5000
@@ -41,7 +45,10 @@ _TOKEN_MARGIN_S = 10.0
 _HTTP_TIMEOUT_S = 30.0
 # The build-time options: Keycloak re-augments (20 to 40 s on 2 cores) whenever they differ from those
 # persisted in lib/quarkus, so they also key the cache of augmented lib/quarkus directories.
-_BUILD_OPTIONS = ("--db=dev-mem", "--health-enabled=true")
+# Metrics let the benchmarks count the requests Keycloak itself served (/metrics on the management port)
+# and the tokens each client of each realm obtained (user event metrics, tagged by realm and client).
+_BUILD_OPTIONS = ("--db=dev-mem", "--health-enabled=true", "--metrics-enabled=true",
+                  "--event-metrics-user-enabled=true")
 
 
 class SeedFailed(RuntimeError):
@@ -119,6 +126,14 @@ def _private_home(dist: Path, target: Path, augmented: Path | None) -> Path:
     return target
 
 
+def heap_options(max_heap: str) -> str:
+    """The JVM heap flags for a maximum such as ``2g`` (empty: the default); refuses anything else."""
+    size = max_heap.strip() or _DEFAULT_MAX_HEAP
+    if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]", size):
+        raise ValueError(f"${HEAP_VARIABLE} must be a JVM heap size such as 768m or 2g, not {max_heap!r}")
+    return f"-Xms128m -Xmx{size}"
+
+
 def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: CertificateAuthority,
                    state_dir: Path, version: str) -> KeycloakServer:
     """Launch Keycloak ``version`` from the distribution at ``home`` and return without waiting.
@@ -155,6 +170,8 @@ def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: C
         f"--truststore-paths={ca.cert_path}",
         "--tls-hostname-verifier=DEFAULT",
         f"--spi-connections-http-client--default--establish-connection-timeout-millis={_CONNECT_TIMEOUT_MS}",
+        # A run-time option: keycloak_user_events_total counts each client's token grants per realm.
+        "--event-metrics-user-tags=realm,clientId",
     ]
     env = {
         "JAVA_HOME": str(java_home),
@@ -162,7 +179,7 @@ def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: C
         # values neutralise whatever the calling shell exported.
         "JAVA": "",
         "JAVA_OPTS": "",
-        "JAVA_OPTS_KC_HEAP": _HEAP,
+        "JAVA_OPTS_KC_HEAP": heap_options(os.environ.get(HEAP_VARIABLE, "")),
         "KC_BOOTSTRAP_ADMIN_USERNAME": _ADMIN_USER,
         "KC_BOOTSTRAP_ADMIN_PASSWORD": password,
     }

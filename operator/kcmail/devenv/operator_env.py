@@ -14,7 +14,7 @@ from typing import Any
 
 from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
-from kcmail.devenv.processes import ProcessRegistry, ServerProcess
+from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "crds"
@@ -120,8 +120,14 @@ def issuer_secret(env: Environment, namespace: str, name: str) -> dict[str, Any]
 
 
 def start_operator(env: Environment, registry: ProcessRegistry, *, name: str = "operator",
-                   args: Sequence[str] = ()) -> ServerProcess:
-    """`kcmail run` against the environment's API server, its log in the state directory."""
+                   args: Sequence[str] = (), metrics_port: int | None = None) -> ServerProcess:
+    """`kcmail run` against the environment's API server, its log in the state directory.
+
+    Its metrics are served on 127.0.0.1:``metrics_port``, by default a free port: operators started side
+    by side never compete for the default 8080, nor listen beyond loopback.
+    """
+    metrics = f"127.0.0.1:{metrics_port or free_port()}"
     # The operator trusts the environment's CA as a cluster's operator trusts its CA bundle.
-    return registry.start(name, [sys.executable, "-m", "kcmail.cli", "run", "--ca-bundle", str(env.ca_file), *args],
+    return registry.start(name, [sys.executable, "-m", "kcmail.cli", "run", "--ca-bundle", str(env.ca_file),
+                                 "--metrics-address", metrics, *args],
                           env={"KUBECONFIG": str(env.kubeconfig), "PYTHONUNBUFFERED": "1"})

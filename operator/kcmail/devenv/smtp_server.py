@@ -151,6 +151,9 @@ class _Smtp(SMTP):
         super().__init__(handler, **kwargs)
         self._handler = handler
         self._sessions = sessions
+        # From the connection to QUIT: a client that said goodbye may open its next connection before this
+        # one's close reaches the server, without holding two conversations.
+        self.conversing = False
         # SMTP keeps its per-command limits in one class-level dict shared by every instance (and grown
         # by every EHLO), defaulting to 512 bytes; a dict of our own lets AUTH alone carry a token.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -163,8 +166,14 @@ class _Smtp(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:
+            self.conversing = True
             self._sessions.add(self)
-            self._handler.log(self, "connected")
+            # Conversations under way now, this one included: the benchmarks read the peak from here.
+            self._handler.log(self, "connected", open=sum(session.conversing for session in self._sessions))
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self.conversing = False
+        await super().smtp_QUIT(arg)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._handler.log(self, "disconnected")

@@ -1,0 +1,154 @@
+"""Measures 1 and 2: how long a spec change and a Secret rotation take to reach Keycloak."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+from bench import stats, workload
+from bench.cluster import applied, ready
+from bench.context import Bench, say
+from kcmail.devenv import mail_spool
+
+CHANGE_NAMESPACE, CHANGE_REALM, FLOOR_REALM = "bench-change", "bench-change", "bench-change-floor"
+ROTATION_NAMESPACE, ROTATION_REALM = "bench-rotation", "bench-rotation"
+NAME = "mail"
+CHANGE_GOAL = 1.5
+ROTATION_GOAL_SECONDS = 2.0
+_TIMEOUT = 60.0
+# Let the operator finish what follows a status write (Events) before the next sample starts.
+_SETTLE_SECONDS = 0.3
+
+
+def extra_realms() -> list[str]:
+    return [CHANGE_REALM, FLOOR_REALM, ROTATION_REALM]
+
+
+def change_latency(b: Bench) -> dict[str, Any]:
+    """A spec change, until the status says Applied for the new generation; the realm is checked after."""
+    env = b.env
+    b.cluster.create_all([workload.namespace(CHANGE_NAMESPACE)])
+    b.cluster.create_all(workload.tenant(env, CHANGE_NAMESPACE, NAME, CHANGE_REALM, "change", interval="10m"))
+    first, _ = b.cluster.wait_for(CHANGE_NAMESPACE, NAME, "0", ready, timeout=_TIMEOUT)
+    base = workload.desired(b.env, first)
+    before = b.counts.scrape()
+    operator_samples: list[float] = []
+    floor_samples: list[float] = []
+    mismatches = 0
+    for i in range(b.sizes.changes):
+        value = f"change {i}"
+
+        def floor_change(representation: dict[str, Any], value: str = value) -> None:
+            representation["smtpServer"] = {**base, "fromDisplayName": value}
+
+        # Alternate which goes first, so that neither always meets a Keycloak the other just warmed.
+        if i % 2:
+            floor_samples.append(b.admin.get_put(FLOOR_REALM, floor_change))
+        started = time.perf_counter()
+        patched = b.cluster.patch_mailconfig(CHANGE_NAMESPACE, NAME, {"spec": {"sender": {"fromDisplayName": value}}})
+        generation = patched["metadata"]["generation"]
+        _, seen = b.cluster.wait_for(CHANGE_NAMESPACE, NAME, patched["metadata"]["resourceVersion"],
+                                     lambda o, g=generation: applied(o, g), timeout=_TIMEOUT)
+        operator_samples.append(seen - started)
+        if (b.admin.realm(CHANGE_REALM).get("smtpServer") or {}).get("fromDisplayName") != value:
+            mismatches += 1
+        if not i % 2:
+            floor_samples.append(b.admin.get_put(FLOOR_REALM, floor_change))
+        time.sleep(_SETTLE_SECONDS)
+    delta = b.counts.delta(before)
+    operator, floor = stats.summary(operator_samples), stats.summary(floor_samples)
+    ratio = stats.ratio(operator["p50"], floor["p50"])
+    say(f"change latency: operator p50 {operator['p50'] * 1000:.0f} ms, floor p50 {floor['p50'] * 1000:.0f} ms")
+    return {
+        "operator": operator, "floor": floor, "ratio_p50": ratio,
+        "goal": f"operator p50 within {CHANGE_GOAL}x of the floor p50",
+        "met": ratio is not None and ratio <= CHANGE_GOAL and mismatches == 0,
+        "realm_mismatches": mismatches,
+        "keycloak_admin_requests": delta.admin_requests_by_uri(),
+        "keycloak_requests_note": (f"includes the floor's {len(floor_samples)} GET+PUT pairs and the harness's "
+                                   f"{len(operator_samples)} confirming GETs"),
+        "timing": ("clock starts before the merge patch of spec.sender.fromDisplayName (Python client, "
+                   "in-process); stops when the watch, resumed from the patch's resourceVersion, delivers a "
+                   "status with Applied=True and observedGeneration equal to the new generation; the realm is "
+                   "then read to confirm it holds the new value. Floor: one GET and one PUT of another realm "
+                   "with httpx on a warm admin token, the same smtpServer map; samples alternate with the "
+                   "operator's."),
+    }
+
+
+def rotation_latency(b: Bench) -> dict[str, Any]:
+    """A new client secret in the Secret, until the status says it was applied; a real send confirms it."""
+    env = b.env
+    client_id = env.issuer_rotation_client_id
+    if not client_id:
+        raise RuntimeError("this environment predates the rotation client: restart it")
+    b.cluster.create_all([workload.namespace(ROTATION_NAMESPACE)])
+    secret = _regenerate(b, client_id)
+    secret_name = f"{NAME}-oauth"
+    secret_object = workload.labelled(
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+         "metadata": {"name": secret_name, "namespace": ROTATION_NAMESPACE},
+         "stringData": {"client-id": client_id, "client-secret": secret}}, "rotation")
+    b.cluster.create_all(workload.tenant(env, ROTATION_NAMESPACE, NAME, ROTATION_REALM, "rotation", interval="10m",
+                                         secret=secret_object))
+    b.cluster.wait_for(ROTATION_NAMESPACE, NAME, "0", ready, timeout=_TIMEOUT)
+    last_token = _send(b, client_id, previous_token=None)
+    samples: list[float] = []
+    confirmations: list[float] = []
+    for _ in range(b.sizes.rotations):
+        current = b.cluster.mailconfig(ROTATION_NAMESPACE, NAME)
+        secret = _regenerate(b, client_id)
+        started = time.perf_counter()
+        patched = b.cluster.patch_secret(ROTATION_NAMESPACE, secret_name, {"client-secret": secret})
+        version = f"{patched['metadata']['uid']}/{patched['metadata']['resourceVersion']}"
+
+        def holds(obj: dict[str, Any], version: str = version) -> bool:
+            return (obj.get("status") or {}).get("appliedSecretVersion") == version and applied(obj)
+
+        _, seen = b.cluster.wait_for(ROTATION_NAMESPACE, NAME, current["metadata"]["resourceVersion"], holds,
+                                     timeout=_TIMEOUT)
+        samples.append(seen - started)
+        sent = time.perf_counter()
+        last_token = _send(b, client_id, previous_token=last_token)
+        confirmations.append(time.perf_counter() - sent)
+        time.sleep(_SETTLE_SECONDS)
+    result = stats.summary(samples)
+    say(f"rotation latency: p50 {result['p50'] * 1000:.0f} ms, p95 {result['p95'] * 1000:.0f} ms")
+    return {
+        "operator": result, "confirming_send": stats.summary(confirmations),
+        "goal": f"p50 under {ROTATION_GOAL_SECONDS:.0f} s", "met": result["p50"] < ROTATION_GOAL_SECONDS,
+        "timing": ("the issuer regenerates the client's secret (the old one stops working), then the clock "
+                   "starts before the patch of the Secret; it stops when the watch delivers a status whose "
+                   "appliedSecretVersion is the Secret's new uid/resourceVersion with Applied=True (the "
+                   "operator writes that status after its probe with the new secret has run). Then Keycloak's "
+                   "own test send must reach the SMTP server with a token it has not used before: Keycloak "
+                   "caches its token per secret, so a new token proves it holds the new secret "
+                   "(confirming_send: the time that took, not part of the latency)."),
+    }
+
+
+def _regenerate(b: Bench, client_id: str) -> str:
+    issuer = b.env.issuer_realm
+    found = b.admin.request("GET", f"/{issuer}/clients", params={"clientId": client_id})
+    found.raise_for_status()
+    (client,) = found.json()
+    response = b.admin.request("POST", f"/{issuer}/clients/{client['id']}/client-secret")
+    response.raise_for_status()
+    return str(response.json()["value"])
+
+
+def _send(b: Bench, client_id: str, *, previous_token: str | None) -> str:
+    """Keycloak's own test mail with the settings the realm holds; returns the token id the server saw."""
+    since = datetime.datetime.now(datetime.UTC)
+    smtp_server = b.admin.realm(ROTATION_REALM).get("smtpServer") or {}
+    sent = b.admin.request("POST", f"/{ROTATION_REALM}/testSMTPConnection", json=smtp_server)
+    if sent.status_code != 204:
+        raise RuntimeError(f"Keycloak's test send failed: {sent.status_code} {sent.text[:200]}")
+    message = mail_spool.wait_for_message(
+        b.env.smtp_spool, lambda m: (m.received_at >= since and m.auth is not None and m.auth.client_id == client_id
+                                     and m.auth.token_id not in (None, previous_token)), timeout=30)
+    token_id = message.auth.token_id if message.auth is not None else None
+    if token_id is None:
+        raise RuntimeError("Keycloak's test send reached the SMTP server without an XOAUTH2 token")
+    return token_id

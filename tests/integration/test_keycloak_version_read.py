@@ -1,0 +1,59 @@
+"""Every MailConfig's first pass asks for the server version at once; Keycloak answers that question once.
+
+Keycloak counts the requests it serves (its /metrics on the management port), so the count is the
+server's own, not the client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+
+from kcmail.devenv.certs import client_context
+from kcmail.keycloak import AdminCredentials, KeycloakClient
+
+pytestmark = pytest.mark.integration
+
+_SERVERINFO = re.compile(r'^http_server_requests_seconds_count\{[^}]*method="GET"[^}]*uri="/admin/serverinfo"[^}]*\}'
+                         r"\s+(\S+)$", re.MULTILINE)
+
+
+def _serverinfo_reads(devenv) -> int:
+    if not devenv.keycloak_management_url:
+        pytest.skip("this environment predates Keycloak's metrics: restart it with `kcmail dev down` and `up`")
+    response = httpx.get(f"{devenv.keycloak_management_url}/metrics", verify=client_context(devenv.ca_file),
+                         timeout=30)
+    response.raise_for_status()
+    return int(sum(float(value) for value in _SERVERINFO.findall(response.text)))
+
+
+async def test_fifty_passes_asking_for_the_version_at_once_cost_keycloak_one_read(devenv):
+    keycloak = KeycloakClient(devenv.keycloak_url, "master",
+                              AdminCredentials(username=devenv.keycloak_admin_user,
+                                               password=devenv.keycloak_admin_password),
+                              verify=client_context(devenv.ca_file))
+    before = _serverinfo_reads(devenv)
+    try:
+        versions = await asyncio.wait_for(asyncio.gather(*(keycloak.version() for _ in range(50))), timeout=60)
+        # A read asked for after the first finished is served from memory as well.
+        later = await keycloak.version()
+    finally:
+        await keycloak.aclose()
+    assert set(versions) == {later}
+    assert ".".join(map(str, later)) == devenv.keycloak_version
+    assert _serverinfo_reads(devenv) - before == 1
+
+
+async def test_a_failed_version_read_fails_every_pass_that_shared_it_and_the_next_one_asks_again(devenv):
+    keycloak = KeycloakClient(devenv.keycloak_url, "master",
+                              AdminCredentials(username=devenv.keycloak_admin_user, password="wrong"),
+                              verify=client_context(devenv.ca_file))
+    try:
+        first = await asyncio.gather(*(keycloak.version() for _ in range(5)), return_exceptions=True)
+        second = await asyncio.gather(keycloak.version(), return_exceptions=True)
+    finally:
+        await keycloak.aclose()
+    assert [type(outcome).__name__ for outcome in first + second] == ["KeycloakFailure"] * 6
