@@ -121,38 +121,63 @@ def _staging_modules(kubernetes_gomod: str) -> list[str]:
     return sorted(set(modules))
 
 
+@dataclass(frozen=True)
+class _GoWrapper:
+    """A scratch Go module in which one component is resolved and compiled."""
+
+    go: str
+    work: Path
+    log: Path
+    env: dict[str, str]
+    progress: Progress
+
+    def run(self, *args: str, what: str) -> None:
+        _run_logged([self.go, *args], cwd=self.work, log=self.log, env=self.env, what=what, progress=self.progress)
+
+    def output(self, *args: str) -> str:
+        """A short Go command's standard output (metadata queries, not builds)."""
+        result = subprocess.run([self.go, *args], cwd=self.work, capture_output=True, text=True,
+                                env={**os.environ, **self.env}, check=False)
+        if result.returncode != 0:
+            raise BuildFailed(f"go {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def build(self, package: str, binary: str, ldflags: str) -> None:
+        self.progress(f"  compiling {binary}")
+        self.run("build", "-trimpath", "-ldflags", ldflags, "-o", str(self.work / "bin" / binary), package,
+                 what=f"compiling {binary}")
+
+    def install(self, target: Path) -> None:
+        _install(self.work / "bin", target)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _go_wrapper(name: str, module: str, announce: str, progress: Progress) -> _GoWrapper:
+    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver, etcd and helm).")
+    progress(announce)
+    work = _fresh_dir(cache_root() / "build" / name)
+    wrapper = _GoWrapper(go=go, work=work, log=work / "build.log", env=_go_env(), progress=progress)
+    wrapper.run("mod", "init", module, what="go mod init")
+    return wrapper
+
+
 def build_kubernetes(version: str, progress: Progress = _print_progress) -> tuple[Path, Path]:
     """kube-apiserver and kubectl of ``version``, built from the k8s.io/kubernetes module."""
     target = cache_root() / "components" / f"kubernetes-v{version}"
     apiserver, kubectl = target / "kube-apiserver", target / "kubectl"
     if apiserver.exists() and kubectl.exists():
         return apiserver, kubectl
-    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
-    progress(f"building kube-apiserver and kubectl v{version} with Go (first run: 10-25 min on 2 cores)")
-    work = _fresh_dir(cache_root() / "build" / f"kubernetes-v{version}")
-    log = work / "build.log"
-    env = _go_env()
-    _run_logged([go, "mod", "init", "local/k8sbin"], cwd=work, log=log, env=env, what="go mod init",
-                progress=progress)
-    info = subprocess.run([go, "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"], cwd=work,
-                          capture_output=True, text=True, env={**os.environ, **env}, check=False)
-    if info.returncode != 0:
-        raise BuildFailed(f"go mod download k8s.io/kubernetes@v{version} failed: {info.stderr.strip()}")
-    gomod = Path(json.loads(info.stdout)["GoMod"]).read_text()
+    wrapper = _go_wrapper(f"kubernetes-v{version}", "local/k8sbin",
+                          f"building kube-apiserver and kubectl v{version} with Go (first run: 10-25 min on 2 cores)",
+                          progress)
+    gomod = Path(json.loads(wrapper.output("mod", "download", "-json", f"k8s.io/kubernetes@v{version}"))["GoMod"])
     minor, patch = version.split(".")[1:]
-    edits = [f"-replace={m}={m}@v0.{minor}.{patch}" for m in _staging_modules(gomod)]
-    _run_logged([go, "mod", "edit", *edits], cwd=work, log=log, env=env, what="go mod edit",
-                progress=progress)
-    _run_logged([go, "get", f"k8s.io/kubernetes@v{version}"], cwd=work, log=log, env=env,
-                what="resolving Kubernetes modules", progress=progress)
-    out = work / "bin"
+    edits = [f"-replace={m}={m}@v0.{minor}.{patch}" for m in _staging_modules(gomod.read_text())]
+    wrapper.run("mod", "edit", *edits, what="go mod edit")
+    wrapper.run("get", f"k8s.io/kubernetes@v{version}", what="resolving Kubernetes modules")
     for command in ("kube-apiserver", "kubectl"):
-        progress(f"  compiling {command}")
-        _run_logged([go, "build", "-trimpath", "-ldflags", _k8s_ldflags(version), "-o", str(out / command),
-                     f"k8s.io/kubernetes/cmd/{command}"], cwd=work, log=log, env=env,
-                    what=f"compiling {command}", progress=progress)
-    _install(out, target)
-    shutil.rmtree(work, ignore_errors=True)
+        wrapper.build(f"k8s.io/kubernetes/cmd/{command}", command, _k8s_ldflags(version))
+    wrapper.install(target)
     return apiserver, kubectl
 
 
@@ -166,21 +191,11 @@ def build_etcd(version: str, progress: Progress = _print_progress) -> Path:
     binary = target / "etcd"
     if binary.exists():
         return binary
-    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
-    progress(f"building etcd v{version} with Go (first run: 2-5 min)")
-    work = _fresh_dir(cache_root() / "build" / f"etcd-v{version}")
-    log = work / "build.log"
-    env = _go_env()
-    _run_logged([go, "mod", "init", "local/etcdbin"], cwd=work, log=log, env=env, what="go mod init",
-                progress=progress)
-    _run_logged([go, "get", f"go.etcd.io/etcd/server/v3@v{version}"], cwd=work, log=log, env=env,
-                what="resolving etcd modules", progress=progress)
-    out = work / "bin"
-    _run_logged([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"),
-                 "go.etcd.io/etcd/server/v3"], cwd=work, log=log, env=env, what="compiling etcd",
-                progress=progress)
-    _install(out, target)
-    shutil.rmtree(work, ignore_errors=True)
+    wrapper = _go_wrapper(f"etcd-v{version}", "local/etcdbin", f"building etcd v{version} with Go (first run: 2-5 min)",
+                          progress)
+    wrapper.run("get", f"go.etcd.io/etcd/server/v3@v{version}", what="resolving etcd modules")
+    wrapper.build("go.etcd.io/etcd/server/v3", "etcd", "-s -w")
+    wrapper.install(target)
     return binary
 
 
@@ -190,25 +205,12 @@ def build_helm(version: str, progress: Progress = _print_progress) -> Path:
     binary = target / "helm"
     if binary.exists():
         return binary
-    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver and etcd).")
-    progress(f"building helm v{version} with Go (first run: 2-5 min)")
-    work = _fresh_dir(cache_root() / "build" / f"helm-v{version}")
-    log = work / "build.log"
-    env = _go_env()
-    _run_logged([go, "mod", "init", "local/helmbin"], cwd=work, log=log, env=env, what="go mod init",
-                progress=progress)
-    _run_logged([go, "get", f"helm.sh/helm/v3@v{version}"], cwd=work, log=log, env=env,
-                what="resolving helm modules", progress=progress)
-    client_go = subprocess.run([go, "list", "-m", "-f", "{{.Version}}", "k8s.io/client-go"], cwd=work,
-                               capture_output=True, text=True, env={**os.environ, **env}, check=False)
-    if client_go.returncode != 0:
-        raise BuildFailed(f"go list -m k8s.io/client-go failed: {client_go.stderr.strip()}")
-    out = work / "bin"
-    _run_logged([go, "build", "-trimpath", "-ldflags", _helm_ldflags(version, client_go.stdout.strip()),
-                 "-o", str(out / "helm"), "helm.sh/helm/v3/cmd/helm"], cwd=work, log=log, env=env,
-                what="compiling helm", progress=progress)
-    _install(out, target)
-    shutil.rmtree(work, ignore_errors=True)
+    wrapper = _go_wrapper(f"helm-v{version}", "local/helmbin", f"building helm v{version} with Go (first run: 2-5 min)",
+                          progress)
+    wrapper.run("get", f"helm.sh/helm/v3@v{version}", what="resolving helm modules")
+    client_go = wrapper.output("list", "-m", "-f", "{{.Version}}", "k8s.io/client-go").strip()
+    wrapper.build("helm.sh/helm/v3/cmd/helm", "helm", _helm_ldflags(version, client_go))
+    wrapper.install(target)
     return binary
 
 
