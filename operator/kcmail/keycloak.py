@@ -44,6 +44,12 @@ class AdminCredentials:
 
 
 _TIMEOUT_SECONDS = 15
+# Admin calls in flight to one Keycloak at a time. A thousand MailConfigs applied at once otherwise queue a
+# thousand requests in the HTTP client's pool, where the request timeout runs out (PoolTimeout) before
+# Keycloak has seen them: every one fails as KeycloakUnreachable and retries, over and over. Beyond a few
+# calls in flight Keycloak only gets slower (its realm writes contend for the database), and each extra
+# connection costs a TLS handshake on both sides.
+_CONCURRENT_CALLS = 10
 # The server version changes only with an upgrade; re-reading it now and then is enough to notice one.
 _VERSION_MAX_AGE_SECONDS = 300.0
 
@@ -60,11 +66,13 @@ class KeycloakClient:
             client_id=credentials.client_id, client_secret_key=credentials.client_secret or None,
             username=credentials.username or None, password=credentials.password or None,
             grant_type="password" if credentials.username else "client_credentials",
-            verify=verify, timeout=_TIMEOUT_SECONDS,
+            verify=verify, timeout=_TIMEOUT_SECONDS, pool_maxsize=_CONCURRENT_CALLS,
         )
         self._admin = KeycloakAdmin(connection=connection)
         self._version: tuple[float, Version] | None = None
         self._token_lock = asyncio.Lock()
+        # Waiting for a slot has no deadline; a call that has one keeps its own timeout.
+        self._slots = asyncio.Semaphore(_CONCURRENT_CALLS)
         self._version_read: asyncio.Future[Version] | None = None
 
     async def aclose(self) -> None:
@@ -136,8 +144,9 @@ class KeycloakClient:
 
     async def _call(self, what: str, method: Any, *args: Any, realm: str | None = None) -> Any:
         try:
-            await self._ensure_token()
-            return await method(*args)
+            async with self._slots:
+                await self._ensure_token()
+                return await method(*args)
         except KeycloakAuthenticationError as error:
             raise KeycloakFailure(Failure(
                 Reason.KEYCLOAK_AUTH_FAILED,

@@ -1,4 +1,4 @@
-"""Every MailConfig's first pass asks for the server version at once; Keycloak answers that question once.
+"""A thousand MailConfigs' first passes at once, as Keycloak sees them: one version read, ten requests in flight.
 
 Keycloak counts the requests it serves (its /metrics on the management port), so the count is the
 server's own, not the client's.
@@ -57,3 +57,36 @@ async def test_a_failed_version_read_fails_every_pass_that_shared_it_and_the_nex
     finally:
         await keycloak.aclose()
     assert [type(outcome).__name__ for outcome in first + second] == ["KeycloakFailure"] * 6
+
+
+async def test_a_burst_of_realm_reads_reaches_keycloak_ten_at_a_time_and_all_succeed(devenv):
+    """A thousand MailConfigs created at once used to queue in the client's pool until PoolTimeout."""
+    port = httpx.URL(devenv.keycloak_url).port
+    gauge = re.compile(rf'^http_server_active_requests\{{[^}}]*server_port="{port}"[^}}]*\}}\s+(\S+)$', re.MULTILINE)
+    _serverinfo_reads(devenv)  # skips on an environment without metrics
+    keycloak = KeycloakClient(devenv.keycloak_url, "master",
+                              AdminCredentials(username=devenv.keycloak_admin_user,
+                                               password=devenv.keycloak_admin_password),
+                              verify=client_context(devenv.ca_file))
+    seen: list[float] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        async with httpx.AsyncClient(verify=client_context(devenv.ca_file), timeout=30) as http:
+            for _ in range(3000):  # the burst ends well within 300 s; each scrape takes some milliseconds
+                if done.is_set():
+                    return
+                response = await http.get(f"{devenv.keycloak_management_url}/metrics")
+                seen.extend(float(value) for value in gauge.findall(response.text))
+
+    sampler = asyncio.create_task(sample())
+    try:
+        realms = await asyncio.wait_for(asyncio.gather(*(keycloak.read_realm(devenv.issuer_realm)
+                                                         for _ in range(150))), timeout=300)
+    finally:
+        done.set()
+        await sampler
+        await keycloak.aclose()
+    assert {realm["realm"] for realm in realms} == {devenv.issuer_realm}
+    assert seen, "the sampler never read Keycloak's gauge"
+    assert max(seen) <= 10
