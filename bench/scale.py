@@ -103,8 +103,10 @@ def steady_state(b: Bench, operator: OperatorProcess) -> tuple[dict[str, Any], d
     say(f"steady state: restart passes done in {time.time() - restarted:.1f} s; watching one interval")
     middle = b.counts.scrape()
     window_start = time.time()
-    # Each loop's next pass comes 0.9 to 1.1 intervals after its first: 1.1 intervals see every one once.
-    time.sleep(interval * 1.1 + 5)
+    # Periodic passes come exactly one interval apart, each MailConfig at its own slot: a window one
+    # interval long sees every one once. A second shorter, so that a pass a little late at the window's
+    # start and on time at its end is not counted twice.
+    time.sleep(interval - 1)
     window_end = time.time()
     window = b.counts.delta(middle)
     whole = b.counts.delta(before)
@@ -123,9 +125,9 @@ def steady_state(b: Bench, operator: OperatorProcess) -> tuple[dict[str, Any], d
         "met": writes == 0 and reads_per_mailconfig <= 1.0 and restart.realm_reads() <= n,
         "timing": ("Keycloak's own request counters (http_server_requests_seconds_count by method and URI "
                    "template), read before the operator is stopped, once every MailConfig has had its first "
-                   "pass in the new process (the restart), and 1.1 intervals + 5 s later (the interval: each "
-                   "loop's next pass comes 0.9 to 1.1 intervals after its first). Writes are every PUT, POST, "
-                   "DELETE or PATCH under /admin."),
+                   "pass in the new process (the restart), and one interval less a second later (the "
+                   "interval: periodic passes come exactly one interval apart, each MailConfig at its own "
+                   "slot). Writes are every PUT, POST, DELETE or PATCH under /admin."),
     }
     probes = _probe_load(b, whole, b.smtp.since(smtp_offset), restarted, window_start, window_end)
     say(f"steady state: {writes} writes, {reads_per_mailconfig:.2f} reads per MailConfig per interval")

@@ -22,7 +22,8 @@ from kcmail.kube import MAILCONFIGS, PLURALS, Kube, load_client_config
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
-from kcmail.runtime import OperatorOptions, Runtime, backoff, jittered, secret_is_news
+from kcmail.runtime import OperatorOptions, Runtime, backoff, secret_is_news
+from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
 
 OPTIONS = OperatorOptions()
@@ -164,7 +165,7 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
                 metrics.record_pass(obj.namespace, obj.name, result.status, obj.status, wrote=result.wrote,
                                     seconds=time.monotonic() - started)
                 attempt = attempt + 1 if result.retry else 0
-            delay = _next_delay(rt, obj, attempt)
+            delay = _next_delay(obj, attempt)
             if attempt:
                 log.info("MailConfig %s: retry %d in %.1f s", obj.id, attempt, delay)
             await _sleep(rt, waker, stopped, delay)
@@ -173,12 +174,14 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
         metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
 
 
-def _next_delay(rt: Runtime, obj: MailConfigObject, attempt: int) -> float:
+def _next_delay(obj: MailConfigObject, attempt: int) -> float:
     try:
         interval = MailConfigSpec.parse(obj.spec).interval
     except SpecError:
         return 600.0
-    return backoff(attempt, interval) if attempt else jittered(interval, rt.rng)
+    if attempt:
+        return backoff(attempt, interval)
+    return seconds_to_next_pass(time.time(), interval, phase(obj.uid))
 
 
 async def _sleep(rt: Runtime, waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:

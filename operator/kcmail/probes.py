@@ -1,4 +1,4 @@
-"""When to probe, and one probe of a MailConfig: the token Keycloak will ask for, then the SMTP server.
+"""One probe of a MailConfig: the token Keycloak will ask for, then the SMTP server.
 
 An XOAUTH2 probe that the SMTP server refuses is retried once with a fresh token, as Keycloak itself
 does after an AuthenticationFailedException; a token that a server refuses is never cached.
@@ -36,18 +36,6 @@ def parse_time(value: object) -> datetime.datetime | None:
         return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-
-
-def probe_due(last_probe: object, interval: datetime.timedelta, now: datetime.datetime, *, forced: bool) -> bool:
-    """Probe when asked to, when never probed, or once an interval has passed since the last probe.
-
-    Keying on the last probe's time (kept in status) spreads probes after a restart exactly as they
-    were spread before it, instead of firing every MailConfig's probe at once.
-    """
-    if forced:
-        return True
-    last = parse_time(last_probe)
-    return last is None or now - last >= interval
 
 
 def smtp_target(spec: MailConfigSpec, timeout: float | None = None) -> SmtpTarget:

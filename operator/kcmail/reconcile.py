@@ -25,7 +25,8 @@ from kcmail.connections import (
 )
 from kcmail.keycloak import KeycloakFailure
 from kcmail.kube import Kube
-from kcmail.probes import Prober, probe_due
+from kcmail.probes import Prober
+from kcmail.schedule import phase, probe_due
 from kcmail.smtp_settings import UnsupportedVersion, cleared_smtp_server, desired_smtp_server, needs_write
 from kcmail.spec import AuthType, ConnectionKind, Credentials, DeletionPolicy, MailConfigSpec, ProbeMode, SpecError
 
@@ -137,7 +138,8 @@ class Reconciler:
         previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
         last_smtp = previous.get(ConditionType.SMTP_AUTHENTICATED.value) or {}
         changed = last_smtp.get("observedGeneration") != obj.generation
-        if not probe_due(obj.status.get("lastProbeTime"), spec.interval, now, forced=forced or asked or changed):
+        if not probe_due(obj.status.get("lastProbeTime"), spec.interval, phase(obj.uid), now,
+                         forced=forced or asked or changed):
             return dataclasses.replace(outcome, probes=kind,
                                        token=_carried(previous.get(ConditionType.TOKEN_ACQUIRED.value)),
                                        smtp=_carried(last_smtp))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +18,6 @@ from kcmail.reconcile import REQUESTED_AT, Reconciler
 # Backoff for failures that can pass (Keycloak down, 5xx): from a few seconds up to the interval.
 RETRY_FIRST_SECONDS = 2.0
 RETRY_MAX_SECONDS = 300.0
-JITTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -29,12 +27,6 @@ class OperatorOptions:
     liveness: str | None = None
     # SMTP connections open at once across all MailConfigs' probes.
     probe_concurrency: int = 10
-
-
-def jittered(interval: datetime.timedelta, rng: random.Random) -> float:
-    """The interval ±10 %, so that MailConfigs created together do not stay in lockstep."""
-    seconds = interval.total_seconds()
-    return seconds * (1 + rng.uniform(-JITTER, JITTER))
 
 
 def backoff(attempt: int, interval: datetime.timedelta) -> float:
@@ -48,7 +40,6 @@ class Runtime:
     clients: KeycloakClients
     reconciler: Reconciler
     probe_http: httpx.AsyncClient
-    rng: random.Random = field(default_factory=random.Random)
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _connection_generations: dict[tuple[Any, ...], Any] = field(default_factory=dict)

@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 INTERVAL_SECONDS = 30  # the CRD's minimum
-# The interval is jittered by up to 10 %; a reconcile and a few polls take a few seconds more.
+# The next periodic pass comes within one interval; a reconcile and a few polls take a few seconds more.
 WITHIN_SECONDS = INTERVAL_SECONDS * 1.1 + 10
 
 

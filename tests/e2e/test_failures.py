@@ -127,8 +127,8 @@ def test_missing_realm_stalls_and_recovers_by_itself_when_the_realm_is_created(o
     assert conditions["Stalled"]["reason"] == "RealmNotFound"
 
     operator_env.create_realm(tenant.env, tenant.realm)
-    # Nothing about the MailConfig changes: the next pass, one jittered interval (30 s ± 10 %) after the
-    # failed one, finds the realm.
+    # Nothing about the MailConfig changes: the next periodic pass, at its slot within the next interval
+    # (30 s), finds the realm.
     recovered = tenant.wait_condition("True", timeout=45)
     assert "Stalled" not in _conditions(recovered)
     assert tenant.smtp_server()["from"] == "no-reply@acme.example"
