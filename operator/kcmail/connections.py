@@ -4,10 +4,12 @@ admin client per connection kept for the operator's lifetime.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import ssl
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +129,53 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
         fingerprint=_fingerprint(url, spec.get("adminRealm", "master"), credentials_secret.version, ca_version,
                                  str(tls.get("insecureSkipVerify", False))),
     )
+
+
+class ResolvedConnections:
+    """Resolved Connections kept between passes: a thousand MailConfigs sharing one Connection cost the
+    Kubernetes API one read of it and its Secrets, not three reads per MailConfig per pass.
+
+    An entry goes when the Connection or one of its Secrets changes (the watch handlers call ``forget``)
+    and after ``MAX_AGE_SECONDS`` at the latest, which bounds how stale it can be if an event is ever
+    missed. Concurrent misses share one read; failures are never kept, so the next pass reads again.
+    """
+
+    MAX_AGE_SECONDS = 60.0
+
+    def __init__(self, kube: Kube, clock: Callable[[], float] = time.monotonic) -> None:
+        self._kube = kube
+        self._clock = clock
+        self._entries: dict[ConnectionKey, tuple[float, ResolvedConnection]] = {}
+        self._reads: dict[ConnectionKey, asyncio.Future[ResolvedConnection]] = {}
+        # Bumped by forget: a read that began before a change must not be kept after it.
+        self._generations: dict[ConnectionKey, int] = {}
+
+    async def get(self, kind: ConnectionKind, name: str, referrer_namespace: str) -> ResolvedConnection:
+        key = ConnectionKey(kind, name, referrer_namespace if kind is ConnectionKind.NAMESPACED else None)
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() - entry[0] < self.MAX_AGE_SECONDS:
+            return entry[1]
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(resolve(self._kube, kind, name, referrer_namespace))
+            self._reads[key] = read
+            generation = self._generations.get(key, 0)
+            read.add_done_callback(lambda done: self._read_done(key, generation, done))
+        # Shielded: one caller cancelled (its MailConfig deleted) must not fail the others sharing the read.
+        return await asyncio.shield(read)
+
+    def forget(self, key: ConnectionKey) -> None:
+        self._entries.pop(key, None)
+        self._reads.pop(key, None)
+        self._generations[key] = self._generations.get(key, 0) + 1
+
+    def _read_done(self, key: ConnectionKey, generation: int, read: asyncio.Future[ResolvedConnection]) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        if read.cancelled() or read.exception() is not None:
+            return  # retrieved, so that a failure nobody awaits any more is not reported as lost
+        if self._generations.get(key, 0) == generation:
+            self._entries[key] = (self._clock(), read.result())
 
 
 async def _secret(kube: Kube, namespace: str, name: str, purpose: str) -> Secret:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import time
 from typing import Any
@@ -17,8 +18,8 @@ import httpx
 import kopf
 
 from kcmail import metrics
-from kcmail.connections import KeycloakClients, normalized_url, secret_refs, tls_context
-from kcmail.kube import MAILCONFIGS, PLURALS, Kube, load_client_config
+from kcmail.connections import ConnectionKey, KeycloakClients, normalized_url, secret_refs, tls_context
+from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube, load_client_config
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
@@ -37,6 +38,26 @@ def configure(options: OperatorOptions) -> None:
     OPTIONS = options
 
 
+class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled-configuration annotation, for the Connections only.
+
+    kopf keeps the spec it last handled, to tell creations from updates for on.create/on.update
+    handlers. MailConfigs have none (their daemon compares the realm itself), so storing it would cost
+    one more PATCH per creation and per spec change, and a copy of the spec in every object. For them
+    the stored essence is always the current one: every event is a no-op cause for kopf, while
+    deletion (told by the deletionTimestamp) and the daemons work as before.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        if body.get("kind") == MAILCONFIG_KIND:
+            return self.build(body=body)
+        return super().fetch(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        if body.get("kind") != MAILCONFIG_KIND:
+            super().store(body=body, patch=patch, essence=essence)
+
+
 def runtime() -> Runtime:
     if _runtime is None:
         raise RuntimeError("the operator has not started")
@@ -48,7 +69,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _runtime
     settings.persistence.finalizer = "kcmail.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kcmail.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kcmail.io")
+    settings.persistence.diffbase_storage = DiffBaseStorage(prefix="kcmail.io")
     settings.posting.level = logging.WARNING
     # Reconnect a watch that went silent; bookmarks keep a healthy one talking.
     settings.watching.server_timeout = 300
@@ -150,10 +171,12 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
             waker.clear()
             obj = MailConfigObject.from_body(body)
             started = time.monotonic()
+            reported = dict(obj.status)
             try:
                 result = await rt.reconciler.reconcile(
-                    obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
-                await _report(rt, body, obj, result)
+                    obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls),
+                    report=functools.partial(_report, rt, body, reported))
+                await _report(rt, body, reported, result)
             except Exception as error:  # the loop must outlive any one failed pass
                 # Kubernetes API errors and the unforeseen: retried with backoff. Only the type and text
                 # are logged; no traceback locals, which could hold credentials.
@@ -196,13 +219,17 @@ async def _sleep(rt: Runtime, waker: asyncio.Event, stopped: kopf.DaemonStopped,
                 await task
 
 
-async def _report(rt: Runtime, body: kopf.Body, obj: MailConfigObject, result: Result) -> None:
-    if any(obj.status.get(k) != v for k, v in result.status.items()):
-        await rt.kube.patch_status(MAILCONFIGS, obj.name, obj.namespace, result.status)
+async def _report(rt: Runtime, body: kopf.Body, reported: dict[str, Any], result: Result) -> None:
+    """Patch the status keys that differ from ``reported`` (what the API holds), then post the Events."""
+    if any(reported.get(k) != v for k, v in result.status.items()):
+        await rt.kube.patch_status(MAILCONFIGS, body.metadata.name or "", body.metadata.namespace or "",
+                                   result.status)
+        reported.update(result.status)
     for event in result.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         level = logging.INFO if event.type == "Normal" else logging.WARNING
-        log.log(level, "MailConfig %s: %s: %s", obj.id, event.reason, event.message)
+        log.log(level, "MailConfig %s/%s: %s: %s", body.metadata.namespace, body.metadata.name, event.reason,
+                event.message)
 
 
 # --- what wakes a loop ------------------------------------------------------------------------------
@@ -234,6 +261,7 @@ async def secret_changed(namespace: str, name: str, meta: Any, type: str | None,
     # A Connection's admin credentials or CA: fixing them must not wait for the next timer or interval.
     for index in (namespaced_connection_secrets, cluster_connection_secrets):
         for key in index.get((namespace, name), []):
+            rt.reconciler.connections.forget(_connection_key(key))
             await _recheck_connection(rt, key)
             for user in connection_users.get(key, []):
                 rt.wake(user)
@@ -254,11 +282,18 @@ def cluster_connection_changed(body: kopf.Body, name: str, type: str | None, con
 def _wake_users(body: kopf.Body, event_type: str | None, connection_users: kopf.Index, key: tuple[Any, ...]) -> None:
     # A spec change reaches every MailConfig using the Connection; its own status writes do not.
     rt = runtime()
+    # Any change may matter to a resolved Connection (its spec, or its deletion); reading it again is cheap.
+    rt.reconciler.connections.forget(_connection_key(key))
     # kopf marks the objects of its start-up listing with the event type None.
     if not rt.connection_changed(key, body.get("metadata", {}).get("generation"), listed=event_type is None):
         return
     for user in connection_users.get(key, []):
         rt.wake(user)
+
+
+def _connection_key(key: tuple[Any, ...]) -> ConnectionKey:
+    # The indices key Connections by (kind, namespace, name) tuples, which kopf can store.
+    return ConnectionKey(ConnectionKind(key[0]), key[2], key[1])
 
 
 # --- deletion ---------------------------------------------------------------------------------------
@@ -270,7 +305,7 @@ async def mailconfig_deleted(body: kopf.Body, realm_claims: kopf.Index, namespac
     obj = MailConfigObject.from_body(body)
     result = await rt.reconciler.finalize(
         obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
-    await _report(rt, body, obj, result)
+    await _report(rt, body, dict(obj.status), result)
     if result.retry:
         raise kopf.TemporaryError("waiting for Keycloak to clear the realm's SMTP settings", delay=15)
 

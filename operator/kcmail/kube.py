@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from kcmail.spec import GROUP, VERSION, ConnectionKind
 
 MAILCONFIGS = "mailconfigs"
+MAILCONFIG_KIND = "MailConfig"
 PLURALS = {ConnectionKind.NAMESPACED: "keycloakconnections", ConnectionKind.CLUSTER: "clusterkeycloakconnections"}
 
 

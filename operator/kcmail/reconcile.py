@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from kcmail.conditions import ConditionType, Failure, Outcome, Probes, Reason
 from kcmail.connections import (
     ConnectionFailure,
     KeycloakClients,
+    ResolvedConnections,
     normalized_url,
     realm_allowed,
     resolve,
@@ -104,6 +105,7 @@ class Result:
 
 
 Peers = Callable[[str], Sequence[Claim]]
+Report = Callable[["Result"], Awaitable[None]]
 
 
 class Reconciler:
@@ -111,45 +113,56 @@ class Reconciler:
                  now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)) -> None:
         self._kube = kube
         self._clients = clients
+        self.connections = ResolvedConnections(kube)
         self._prober = prober
         self._now = now
 
-    async def reconcile(self, obj: MailConfigObject, peers: Peers) -> Result:
-        """``peers(realm)`` lists every MailConfig's claim on that realm name, this one's included."""
+    async def reconcile(self, obj: MailConfigObject, peers: Peers, report: Report | None = None) -> Result:
+        """``peers(realm)`` lists every MailConfig's claim on that realm name, this one's included.
+
+        When a write or a new generation makes the last probe's results stale, ``report`` receives the
+        status before the probe runs: Applied is news at once, while the probe may wait for a free slot
+        and then for the SMTP server's timeouts.
+        """
         status: dict[str, Any] = {"observedGeneration": obj.generation}
         requested = obj.annotations.get(REQUESTED_AT)
         if requested is not None:
             status["lastHandledRequestedAt"] = requested
         events: list[Event] = []
         outcome, retry, wrote, credentials = await self._steps(obj, peers, status, events)
-        if outcome.applied is True and credentials is not None:
-            outcome = await self._probe(obj, outcome, status, credentials, forced=wrote)
-        return self._finish(obj, outcome, status, events, retry=retry, wrote=wrote)
-
-    async def _probe(self, obj: MailConfigObject, outcome: Outcome, status: dict[str, Any],
-                     credentials: Credentials, *, forced: bool) -> Outcome:
-        """Probe when due; otherwise carry the last probe's results forward unchanged."""
-        spec = MailConfigSpec.parse(obj.spec)
-        if spec.probe.smtp is ProbeMode.OFF or self._prober is None:
-            return outcome
-        kind = Probes.TOKEN_AND_SMTP if spec.auth.type is AuthType.XOAUTH2 else Probes.SMTP
-        now = self._now()
-        asked = obj.annotations.get(REQUESTED_AT) not in (None, obj.status.get("lastHandledRequestedAt"))
+        spec = MailConfigSpec.parse(obj.spec) if outcome.applied is True else None
+        if spec is None or credentials is None or spec.probe.smtp is ProbeMode.OFF or self._prober is None:
+            return self._finish(obj, outcome, status, events, retry=retry, wrote=wrote)
+        outcome = dataclasses.replace(
+            outcome, probes=Probes.TOKEN_AND_SMTP if spec.auth.type is AuthType.XOAUTH2 else Probes.SMTP)
         previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
         last_smtp = previous.get(ConditionType.SMTP_AUTHENTICATED.value) or {}
-        changed = last_smtp.get("observedGeneration") != obj.generation
-        if not probe_due(obj.status.get("lastProbeTime"), spec.interval, phase(obj.uid), now,
-                         forced=forced or asked or changed):
-            return dataclasses.replace(outcome, probes=kind,
-                                       token=_carried(previous.get(ConditionType.TOKEN_ACQUIRED.value)),
-                                       smtp=_carried(last_smtp))
-        result = await self._prober.probe(spec, credentials, obj.id)
+        stale = wrote or last_smtp.get("observedGeneration") != obj.generation
+        asked = requested not in (None, obj.status.get("lastHandledRequestedAt"))
+        if not probe_due(obj.status.get("lastProbeTime"), spec.interval, phase(obj.uid), self._now(),
+                         forced=stale or asked):
+            # Not due: the last probe's results stand.
+            outcome = dataclasses.replace(outcome, token=_carried(previous.get(ConditionType.TOKEN_ACQUIRED.value)),
+                                          smtp=_carried(last_smtp))
+            return self._finish(obj, outcome, status, events, retry=retry, wrote=wrote)
+        if stale and report is not None:
+            interim = self._finish(obj, outcome, dict(status), events, retry=False, wrote=wrote)
+            await report(interim)
+            obj, events = dataclasses.replace(obj, status={**obj.status, **interim.status}), []
+        outcome = await self._probe(spec, outcome, status, credentials, obj.id)
+        return self._finish(obj, outcome, status, events, retry=retry, wrote=wrote)
+
+    async def _probe(self, spec: MailConfigSpec, outcome: Outcome, status: dict[str, Any],
+                     credentials: Credentials, mailconfig: str) -> Outcome:
+        assert self._prober is not None
+        now = self._now()
+        result = await self._prober.probe(spec, credentials, mailconfig)
         status["lastProbeTime"] = _stamp(now)
         if result.token_expires_at is not None:
             status["tokenExpiresAt"] = _stamp(result.token_expires_at)
         if result.smtp is True and result.token in (True, None):
             status["lastSuccessfulProbeTime"] = _stamp(now)
-        return dataclasses.replace(outcome, probes=kind, token=result.token, smtp=result.smtp)
+        return dataclasses.replace(outcome, token=result.token, smtp=result.smtp)
 
     async def _steps(self, obj: MailConfigObject, peers: Peers, status: dict[str, Any],
                      events: list[Event]) -> tuple[Outcome, bool, bool, Credentials | None]:
@@ -162,7 +175,7 @@ class Reconciler:
         if spec.suspend:
             return Outcome(suspended=True), False, False, None
         try:
-            connection = await resolve(self._kube, spec.connection_ref.kind, spec.connection_ref.name, obj.namespace)
+            connection = await self.connections.get(spec.connection_ref.kind, spec.connection_ref.name, obj.namespace)
             await self._check_allowed(obj, spec, connection.allowed_namespaces, connection.allowed_realms,
                                       str(connection.key))
             credentials = await self._credentials(obj, spec)
@@ -240,7 +253,8 @@ class Reconciler:
                                   now=self._now())
         status["conditions"] = merged
         for change in conditions.transitions(previous, merged):
-            if change.type != conditions.ConditionType.READY.value:
+            # Progressing is a step not yet run (a probe under way after a write): the outcome is the news.
+            if change.type != conditions.ConditionType.READY.value or change.reason == Reason.PROGRESSING.value:
                 continue
             kind = "Normal" if change.new_status == "True" else "Warning"
             events.append(Event(kind, change.reason, change.message))
@@ -255,7 +269,7 @@ class Reconciler:
         if spec.deletion_policy is DeletionPolicy.RETAIN or spec.suspend:
             return Result(status={})
         try:
-            connection = await resolve(self._kube, spec.connection_ref.kind, spec.connection_ref.name, obj.namespace)
+            connection = await self.connections.get(spec.connection_ref.kind, spec.connection_ref.name, obj.namespace)
         except ConnectionFailure as error:
             return self._blocked(obj, error.failure)
         if _conflict(obj, peers(spec.realm), normalized_url(connection.url)) is not None:

@@ -6,10 +6,13 @@ send gets through, and why not, in the token endpoint's or the SMTP server's own
 
 from __future__ import annotations
 
+import contextlib
 import email
 import json
+import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -172,3 +175,40 @@ def test_events_are_posted_on_transitions_only(operator, tenant, secret_ok, read
     # Events are posted right after the status; give a wrongly posted one time to show.
     time.sleep(3)
     assert _events(tenant) == first
+
+
+@contextlib.contextmanager
+def _silent_smtp_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never sends the SMTP greeting: a hung mail server.
+
+    No real server hangs on demand; this one speaks exactly as much SMTP as a hung one, on a real socket.
+    """
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as listener:
+        yield listener.getsockname()[1]
+
+
+def test_applied_is_reported_before_a_probe_that_waits_for_a_silent_smtp_server(operator, tenant):
+    timeout = 20
+    with _silent_smtp_server() as port:
+        smtp = {"host": "127.0.0.1", "port": port, "security": "StartTLS",
+                "timeouts": {"connect": f"{timeout}s", "read": f"{timeout}s", "write": f"{timeout}s"}}
+        tenant.apply(tenant.secret(), tenant.mailconfig(smtp=smtp))
+        started = time.monotonic()
+        # The realm holds the settings long before the probe gives up on the server.
+        applied = tenant.wait_condition("True", "InSync", kind="Applied", timeout=timeout - 5)
+        assert time.monotonic() - started < timeout
+        conditions = _conditions(applied)
+        assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("Unknown", "Progressing")
+        assert (conditions["SMTPAuthenticated"]["status"], conditions["SMTPAuthenticated"]["reason"]) == (
+            "Unknown", "Progressing")
+        assert conditions["Reconciling"]["status"] == "True"
+        assert "lastProbeTime" not in applied["status"]
+        assert tenant.smtp_server()["port"] == str(port)
+        # Then the probe's verdict, in the same pass.
+        failed = _conditions(tenant.wait_condition("False", name="mail", timeout=3 * timeout))
+    assert failed["SMTPAuthenticated"]["status"] == "False"
+    assert failed["Applied"]["status"] == "True"
+    events = _events(tenant)
+    assert ("Normal", "SettingsApplied") in events
+    # The step under way is no news: no Event says Progressing.
+    assert not [e for e in events if e[1] == "Progressing"]
