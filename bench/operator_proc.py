@@ -64,11 +64,6 @@ class OperatorProcess:
                 fields[name] = int(value.split()[0]) / _KIB_PER_MIB
         return {"rss": round(fields["VmRSS"], 1), "peak_rss": round(fields["VmHWM"], 1)}
 
-    def cpu_seconds(self) -> float:
-        """CPU time the process has used so far, all its threads, user and system."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def reconciles(self) -> int:
         """Reconcile passes the operator has finished (kcmail_reconciles_total over all results)."""
         response = self._http.get("/metrics")

@@ -46,8 +46,8 @@ def _row(name: str, m: Mapping[str, Any]) -> tuple[str, str, str, str]:
         return (f"{m['mailconfigs']} Applied in {seconds(m['seconds'])} ({m['per_second']}/s)",
                 f"{seconds(floor['seconds'])} ({floor['per_second']}/s)", _ratio(m.get("ratio")), m["goal"])
     if name == "steady_state":
-        return (f"{m['writes']} writes; realm reads per MailConfig: {m['restart']['reads_per_mailconfig']} at the "
-                f"restart, {m['interval']['reads_per_mailconfig']} in the interval",
+        return (f"{m['writes']} writes; {m['reads_per_mailconfig']} realm reads per MailConfig over the restart "
+                "and one interval",
                 "0 writes, 1 read per MailConfig per interval", "—", m["goal"])
     if name == "memory":
         levels = "; ".join(f"{level['label']}: {level['peak_rss']:.0f} MiB" for level in m["levels"])
@@ -66,6 +66,24 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
+
+
+def _cpu_table(scale: Mapping[str, Any]) -> list[str]:
+    """Where the CPU went while the operator applied every MailConfig, and during each floor run."""
+    spent = scale.get("cpu_seconds")
+    if not spent:
+        return []
+    runs = [(f"kcmail ({scale['seconds']:.1f} s)", spent["operator_run"])]
+    runs += [(f"floor, {concurrency} at a time ({scale['floor']['seconds_by_concurrency'][concurrency]:.1f} s)", used)
+             for concurrency, used in spent["floor_runs"].items()]
+    names = [name for name in ("keycloak", "kube-apiserver", "etcd", "operator", "smtp", "total")
+             if any(name in used for _, used in runs)]
+    lines = ["", "### CPU seconds during scale", "",
+             f"User + system CPU of each process group while the {scale['mailconfigs']} MailConfigs were applied, "
+             f"and during the floor runs; the machine offers {spent['available_per_second']} CPU-seconds per second.",
+             ""]
+    return lines + _table(("Run", *names), [(label, *(f"{used.get(name, 0):.1f}" for name in names))
+                                           for label, used in runs])
 
 
 def render(results: Mapping[str, Any], findings: str = "") -> str:
@@ -98,6 +116,7 @@ def render(results: Mapping[str, Any], findings: str = "") -> str:
     lines += _table(("Measure", "Result", "Floor", "Ratio", "Goal", "Goal met"), rows)
     if findings.strip():
         lines += ["", findings.strip()]
+    lines += _cpu_table(measures.get("scale") or {})
     lines += ["", "## Machine and versions", ""]
     lines += _table(("", ""), [
         ("CPUs", f"{machine['cpus']}, {machine['cpu_model']}"), ("Memory", f"{machine['memory_gib']} GiB"),

@@ -23,7 +23,7 @@ from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube, load_client
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
-from kcmail.runtime import OperatorOptions, Runtime, backoff, secret_is_news
+from kcmail.runtime import OperatorOptions, Runtime, backoff, first_pass_can_wait, secret_is_news
 from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
 
@@ -167,6 +167,9 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
     waker = rt.waker(key)
     attempt = 0
     try:
+        obj = MailConfigObject.from_body(body)
+        if not waker.is_set() and first_pass_can_wait(obj.status, obj.generation, obj.annotations):
+            await _sleep(rt, waker, stopped, _next_delay(obj, 0))
         while not stopped:
             waker.clear()
             obj = MailConfigObject.from_body(body)

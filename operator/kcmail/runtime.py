@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,16 +53,17 @@ class Runtime:
         self._seen.pop(key, None)
 
     def wake(self, key: str) -> None:
-        waker = self._wakers.get(key)
-        if waker is not None:
-            waker.set()
+        # Kept even before the loop exists: a Secret listed at start-up may arrive before its loop starts.
+        self.waker(key).set()
 
     def wake_on_change(self, key: str, body: Any) -> None:
         """Wake a MailConfig's loop when its spec or requested-at annotation changed, not on status writes."""
         meta = body.get("metadata", {})
         mark = (meta.get("generation"), (meta.get("annotations") or {}).get(REQUESTED_AT))
-        if self._seen.get(key) != mark:
-            self._seen[key] = mark
+        seen = self._seen.get(key)
+        self._seen[key] = mark
+        # The first sighting is the state the loop's first pass starts from: nothing to wake it for.
+        if seen is not None and seen != mark:
             self.wake(key)
 
     def connection_changed(self, key: tuple[Any, ...], generation: Any, *, listed: bool = False) -> bool:
@@ -82,3 +84,16 @@ def secret_is_news(uid: str, resource_version: str, applied_version: str | None)
     for them would cost every MailConfig a second realm read right after its first.
     """
     return secret_version(uid, resource_version) != applied_version
+
+
+def first_pass_can_wait(status: Mapping[str, Any], generation: int, annotations: Mapping[str, str]) -> bool:
+    """After the operator starts: whether a MailConfig's first pass may wait for its slot in the interval.
+
+    Only when Kubernetes shows nothing to do: the current generation is Ready and no pass was requested.
+    A changed Secret wakes the loop at once (the start-up listing carries it). Otherwise a restart would
+    read every realm at once, and again at each MailConfig's slot moments later: two reads in less than
+    an interval, a thousand of them in a burst.
+    """
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    return (status.get("observedGeneration") == generation and ready is not None and ready.get("status") == "True"
+            and annotations.get(REQUESTED_AT) in (None, status.get("lastHandledRequestedAt")))

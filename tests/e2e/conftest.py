@@ -39,9 +39,14 @@ class Operator:
         response.raise_for_status()
         return response.text
 
-    def restart(self) -> None:
-        """Stop `kcmail run` and start a new one on the same metrics port; it appends to the same log."""
+    def restart(self, while_down: Callable[[], Any] | None = None) -> None:
+        """Stop `kcmail run` and start a new one on the same metrics port; it appends to the same log.
+
+        ``while_down`` runs between the two: what changes while no operator watches.
+        """
         self.registry.stop_all()
+        if while_down is not None:
+            while_down()
         self.process = operator_env.start_operator(self.env, self.registry, metrics_port=self.metrics_port)
 
 

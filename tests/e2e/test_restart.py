@@ -13,9 +13,13 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 INTERVAL_SECONDS = 30  # the CRD's minimum
-# The first pass of a new process comes after kopf's start-up; the next one an interval (±10 %) later.
+# A Ready MailConfig's first pass in a new process waits for its slot, within one interval after kopf's
+# start-up; the next pass comes one interval after that.
 START_SECONDS = 60
-NEXT_PASS_SECONDS = INTERVAL_SECONDS * 1.1 + 10
+NEXT_PASS_SECONDS = INTERVAL_SECONDS + 10
+# Long enough that a MailConfig's slot almost never falls in the seconds a test watches (30 s of 24 h).
+LONG_INTERVAL = "24h"
+QUIET_SECONDS = 20
 
 
 def _realm_writes(tenant) -> int:
@@ -59,3 +63,40 @@ def test_restart_with_nothing_changed_writes_nothing_to_keycloak(operator, tenan
     status = tenant.get("mailconfig", "mail")["status"]
     assert (status["appliedSecretVersion"], status["lastAppliedTime"]) == (
         applied["appliedSecretVersion"], applied["lastAppliedTime"])
+
+
+def _started(operator, since: int, timeout: float = START_SECONDS) -> None:
+    """Until the new process has started its handlers (kopf logs its start-up activity)."""
+    deadline = time.monotonic() + timeout
+    while "Activity 'startup' succeeded" not in operator.log()[since:]:
+        assert time.monotonic() < deadline, "the restarted operator did not start"
+        time.sleep(0.5)
+
+
+def test_after_a_restart_a_ready_mailconfig_waits_for_its_slot_instead_of_reading_keycloak_at_once(operator, tenant):
+    tenant.apply(tenant.secret(), tenant.mailconfig(interval=LONG_INTERVAL))
+    tenant.wait_condition("True", "Delivering")
+    since = len(operator.log())
+    operator.restart()
+    _started(operator, since)
+    time.sleep(QUIET_SECONDS)
+    marker = f"MailConfig {tenant.namespace}/mail: reconciled: "
+    assert marker not in operator.log()[since:]
+
+
+def test_a_secret_rotated_while_the_operator_was_down_is_written_as_soon_as_it_starts(operator, tenant):
+    tenant.admin.record_admin_events(tenant.realm)
+    tenant.apply(tenant.secret(), tenant.mailconfig(interval=LONG_INTERVAL))
+    applied = tenant.wait_condition("True", "Delivering")["status"]["appliedSecretVersion"]
+    writes = _realm_writes(tenant)
+    since = len(operator.log())
+    # The same credentials under a new revision of the Secret: what a rotation looks like to kcmail.
+    rotated = tenant.secret()
+    rotated["metadata"]["annotations"] = {"rotated-at": str(time.time())}
+    operator.restart(while_down=lambda: tenant.apply(rotated))
+    passes = _wait_for_passes(operator, tenant, since=since, count=1, timeout=START_SECONDS)
+    assert passes[0].endswith("wrote to Keycloak"), passes[0]
+    status = tenant.wait_for(lambda o: (o.get("status") or {}).get("appliedSecretVersion") != applied,
+                             what="the rotated Secret applied")["status"]
+    assert status["appliedSecretVersion"] != applied
+    assert _realm_writes(tenant) == writes + 1

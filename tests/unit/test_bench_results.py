@@ -103,3 +103,19 @@ def test_quick_and_contended_runs_are_labelled_as_such():
     page = report.render(_results("quick", 9.5))
     assert "**Quick mode**" in page
     assert "**Contended machine**: the load average was 9.5 on 2 CPUs" in page
+
+
+def test_the_cpu_table_puts_the_operator_run_beside_each_floor_run():
+    results = _results("full", 0.3)
+    results["measures"]["scale"] = {
+        "mailconfigs": 1000, "seconds": 40.0, "per_second": 25.0, "ratio": 2.0, "goal": "within 1.5x", "met": False,
+        "floor": {"seconds": 20.0, "per_second": 50.0, "seconds_by_concurrency": {"8": 21.5, "32": 20.0}},
+        "cpu_seconds": {"available_per_second": 2,
+                        "operator_run": {"keycloak": 30.0, "kube-apiserver": 25.0, "operator": 20.0, "total": 75.0},
+                        "floor_runs": {"8": {"keycloak": 33.0, "kube-apiserver": 0.5, "total": 33.5},
+                                       "32": {"keycloak": 31.0, "kube-apiserver": 0.4, "total": 31.4}}}}
+    page = report.render(results)
+    table = page[page.index("### CPU seconds during scale"):].splitlines()
+    assert "| Run | keycloak | kube-apiserver | operator | total |" in table
+    assert "| kcmail (40.0 s) | 30.0 | 25.0 | 20.0 | 75.0 |" in table
+    assert "| floor, 32 at a time (20.0 s) | 31.0 | 0.4 | 0.0 | 31.4 |" in table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kcmail.kube import secret_version
-from kcmail.runtime import Runtime, secret_is_news
+from kcmail.runtime import Runtime, first_pass_can_wait, secret_is_news
 
 pytestmark = pytest.mark.unit
 
@@ -33,3 +33,44 @@ def test_a_secret_is_news_only_when_its_version_is_not_the_applied_one():
     # Deleted and created again under the same name: a new uid, whatever the revision.
     assert secret_is_news("uid-2", "41", secret_version("uid-1", "41"))
     assert secret_is_news("uid-1", "41", None)
+
+
+def _body(generation: int, requested: str | None = None) -> dict:
+    annotations = {"kcmail.io/requested-at": requested} if requested else {}
+    return {"metadata": {"generation": generation, "annotations": annotations}}
+
+
+def test_a_mailconfig_first_seen_wakes_nothing_but_its_later_spec_and_requests_do():
+    rt = _runtime()
+    rt.wake_on_change("ns/mail", _body(3))
+    assert not rt.waker("ns/mail").is_set()
+    rt.wake_on_change("ns/mail", _body(3))  # a status write: same generation
+    assert not rt.waker("ns/mail").is_set()
+    rt.wake_on_change("ns/mail", _body(4))
+    assert rt.waker("ns/mail").is_set()
+    rt.waker("ns/mail").clear()
+    rt.wake_on_change("ns/mail", _body(4, requested="now"))
+    assert rt.waker("ns/mail").is_set()
+
+
+def test_a_wake_before_the_loop_exists_is_kept_for_it():
+    rt = _runtime()
+    rt.wake("ns/early")  # the start-up listing of a rotated Secret, before kopf started the loop
+    assert rt.waker("ns/early").is_set()
+
+
+def _status(ready: str = "True", observed: int = 2, handled: str | None = None) -> dict:
+    status = {"observedGeneration": observed, "conditions": [{"type": "Ready", "status": ready}]}
+    if handled:
+        status["lastHandledRequestedAt"] = handled
+    return status
+
+
+def test_after_a_start_only_a_ready_current_mailconfig_waits_for_its_slot():
+    assert first_pass_can_wait(_status(), 2, {})
+    assert not first_pass_can_wait(_status(observed=1), 2, {})  # the spec changed while the operator was down
+    assert not first_pass_can_wait(_status(ready="False"), 2, {})  # failing: retry now
+    assert not first_pass_can_wait(_status(ready="Unknown"), 2, {})
+    assert not first_pass_can_wait({}, 1, {})  # never reconciled
+    assert not first_pass_can_wait(_status(), 2, {"kcmail.io/requested-at": "t1"})  # a pass was asked for
+    assert first_pass_can_wait(_status(handled="t1"), 2, {"kcmail.io/requested-at": "t1"})
