@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,15 +57,19 @@ class Kube:
 
     async def secret(self, namespace: str, name: str) -> Secret | None:
         try:
-            raw = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
+            # The raw JSON: building the client's V1Secret model costs more CPU than the request itself.
+            response = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace,
+                                               _preload_content=False)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
+        raw = json.loads(response.data)
+        meta = raw.get("metadata") or {}
         data = {key: base64.b64decode(value).decode("utf-8", errors="replace")
-                for key, value in (raw.data or {}).items()}
-        return Secret(namespace=namespace, name=name, uid=raw.metadata.uid,
-                      resource_version=raw.metadata.resource_version, data=data)
+                for key, value in (raw.get("data") or {}).items()}
+        return Secret(namespace=namespace, name=name, uid=meta.get("uid", ""),
+                      resource_version=meta.get("resourceVersion", ""), data=data)
 
     async def namespace_labels(self, namespace: str) -> dict[str, str]:
         raw = await asyncio.to_thread(self._core.read_namespace, namespace)
@@ -86,9 +91,10 @@ class Kube:
 
     async def patch_status(self, plural: str, name: str, namespace: str | None, status: Mapping[str, Any]) -> None:
         body = {"status": dict(status)}
+        # The answer (the whole object) is not needed: _preload_content=False leaves it unparsed.
         if namespace is None:
             await asyncio.to_thread(self._custom.patch_cluster_custom_object_status, GROUP, VERSION, plural,
-                                    name, body)
+                                    name, body, _preload_content=False)
         else:
             await asyncio.to_thread(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION,
-                                    namespace, plural, name, body)
+                                    namespace, plural, name, body, _preload_content=False)
