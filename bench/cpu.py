@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from kcmail.devenv.processes import ProcessRegistry
+from kcmail.devenv.processes import ProcessRegistry, group_members
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -18,13 +18,12 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def group_seconds(pgid: int) -> float:
     """User + system CPU of every live process in the process group (each server is its own group)."""
     total = 0
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+    for pid in group_members(pgid):
         try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
+            continue  # gone since it was listed
+        total += int(fields[11]) + int(fields[12])
     return total / _TICKS
 
 

@@ -7,6 +7,7 @@ REALM, whoever sends it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -26,16 +27,26 @@ def _realm_writes(tenant) -> int:
     return len(tenant.admin.admin_events(tenant.realm, operation="UPDATE", resource_type="REALM"))
 
 
+def _wait_logged(operator, since: int, done: Callable[[str], bool], what: str, timeout: float) -> str:
+    """The operator's log after offset ``since``, once ``done`` holds for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = operator.log()[since:]
+        if done(logged):
+            return logged
+        assert time.monotonic() < deadline, f"{what} not logged within {timeout:.0f} s; last lines: {logged[-2000:]}"
+        time.sleep(0.5)
+
+
 def _wait_for_passes(operator, tenant, *, since: int, count: int, timeout: float) -> list[str]:
     """The operator's "reconciled" log lines for the test's MailConfig written after offset ``since``."""
     marker = f"MailConfig {tenant.namespace}/mail: reconciled: "
-    deadline = time.monotonic() + timeout
-    while True:
-        passes = [line for line in operator.log()[since:].splitlines() if marker in line]
-        if len(passes) >= count:
-            return passes
-        assert time.monotonic() < deadline, f"{count} reconcile(s) not logged within {timeout:.0f} s: {passes}"
-        time.sleep(0.5)
+
+    def passes(logged: str) -> list[str]:
+        return [line for line in logged.splitlines() if marker in line]
+
+    return passes(_wait_logged(operator, since, lambda logged: len(passes(logged)) >= count,
+                               f"{count} reconcile(s)", timeout))
 
 
 def test_restart_with_nothing_changed_writes_nothing_to_keycloak(operator, tenant):
@@ -65,12 +76,10 @@ def test_restart_with_nothing_changed_writes_nothing_to_keycloak(operator, tenan
         applied["appliedSecretVersion"], applied["lastAppliedTime"])
 
 
-def _started(operator, since: int, timeout: float = START_SECONDS) -> None:
+def _started(operator, since: int) -> None:
     """Until the new process has started its handlers (kopf logs its start-up activity)."""
-    deadline = time.monotonic() + timeout
-    while "Activity 'startup' succeeded" not in operator.log()[since:]:
-        assert time.monotonic() < deadline, "the restarted operator did not start"
-        time.sleep(0.5)
+    _wait_logged(operator, since, lambda logged: "Activity 'startup' succeeded" in logged,
+                 "the restarted operator's start-up", START_SECONDS)
 
 
 def test_after_a_restart_a_ready_mailconfig_waits_for_its_slot_instead_of_reading_keycloak_at_once(operator, tenant):

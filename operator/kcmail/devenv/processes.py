@@ -41,10 +41,10 @@ class ServerProcess:
 
     def alive(self) -> bool:
         """True while any live (non-zombie) process remains in the server's process group."""
-        return bool(_group_members(self.pid))
+        return bool(group_members(self.pid))
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     # A launcher script may have exited while the JVM it started lives on: look at the whole group.
     members = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
