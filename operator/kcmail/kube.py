@@ -1,4 +1,4 @@
-"""The Kubernetes reads and writes a reconcile needs, on the official client run in worker threads.
+"""The Kubernetes reads and writes a reconcile needs, on the official client's ApiClient in worker threads.
 
 Reads return typed values or ``None`` for "not found"; a Secret's values never appear in a ``repr``.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,20 +52,20 @@ def load_client_config() -> client.ApiClient:
 
 
 class Kube:
+    """Four requests on the client's ApiClient (its kubeconfig or service-account auth, TLS and pool).
+
+    The generated CoreV1Api and CustomObjectsApi classes are not used: importing CoreV1Api alone costs the
+    process about 20 MiB (thousands of validated methods) for the two paths needed here, and answers are
+    read as plain JSON rather than built into models.
+    """
+
     def __init__(self, api: client.ApiClient) -> None:
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
+        self._api = api
 
     async def secret(self, namespace: str, name: str) -> Secret | None:
-        try:
-            # The raw JSON: building the client's V1Secret model costs more CPU than the request itself.
-            response = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace,
-                                               _preload_content=False)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        raw = json.loads(response.data)
+        raw = await self._read(f"/api/v1/namespaces/{_segment(namespace)}/secrets/{_segment(name)}")
+        if raw is None:
+            return None
         meta = raw.get("metadata") or {}
         data = {key: base64.b64decode(value).decode("utf-8", errors="replace")
                 for key, value in (raw.get("data") or {}).items()}
@@ -72,29 +73,54 @@ class Kube:
                       resource_version=meta.get("resourceVersion", ""), data=data)
 
     async def namespace_labels(self, namespace: str) -> dict[str, str]:
-        raw = await asyncio.to_thread(self._core.read_namespace, namespace)
-        return dict(raw.metadata.labels or {})
+        raw = json.loads(await self._call("GET", f"/api/v1/namespaces/{_segment(namespace)}"))
+        return dict((raw.get("metadata") or {}).get("labels") or {})
 
     async def connection(self, kind: ConnectionKind, name: str, namespace: str | None) -> dict[str, Any] | None:
+        return await self._read(custom_object_path(PLURALS[kind], name,
+                                                   None if kind is ConnectionKind.CLUSTER else namespace))
+
+    async def patch_status(self, plural: str, name: str, namespace: str | None, status: Mapping[str, Any]) -> None:
+        # A JSON merge patch of the status subresource; the answer (the whole object) is not needed.
+        await self._call("PATCH", custom_object_path(plural, name, namespace) + "/status",
+                         body={"status": dict(status)}, content_type="application/merge-patch+json")
+
+    async def _read(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path`` as parsed JSON, or ``None`` when the API server answers 404."""
         try:
-            if kind is ConnectionKind.CLUSTER:
-                obj = await asyncio.to_thread(self._custom.get_cluster_custom_object, GROUP, VERSION,
-                                              PLURALS[kind], name)
-            else:
-                obj = await asyncio.to_thread(self._custom.get_namespaced_custom_object, GROUP, VERSION,
-                                              namespace, PLURALS[kind], name)
+            data = await self._call("GET", path)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return dict(obj)
+        parsed: dict[str, Any] = json.loads(data)
+        return parsed
 
-    async def patch_status(self, plural: str, name: str, namespace: str | None, status: Mapping[str, Any]) -> None:
-        body = {"status": dict(status)}
-        # The answer (the whole object) is not needed: _preload_content=False leaves it unparsed.
-        if namespace is None:
-            await asyncio.to_thread(self._custom.patch_cluster_custom_object_status, GROUP, VERSION, plural,
-                                    name, body, _preload_content=False)
-        else:
-            await asyncio.to_thread(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION,
-                                    namespace, plural, name, body, _preload_content=False)
+    async def _call(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
+                    content_type: str | None = None) -> bytes:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+
+        def call() -> bytes:
+            # param_serialize adds the configured credentials (bearer token or client certificate's pool).
+            request = self._api.param_serialize(method, path, header_params=headers, body=body,
+                                                auth_settings=["BearerToken"])
+            response = self._api.call_api(*request)
+            data: bytes = response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException.from_response(http_resp=response, body=None, data=None)
+            return data
+
+        return await asyncio.to_thread(call)
+
+
+def custom_object_path(plural: str, name: str, namespace: str | None) -> str:
+    """The API path of a kcmail.io object; ``namespace`` ``None`` for a cluster-scoped kind."""
+    scope = "" if namespace is None else f"/namespaces/{_segment(namespace)}"
+    return f"/apis/{GROUP}/{VERSION}{scope}/{plural}/{_segment(name)}"
+
+
+def _segment(value: str) -> str:
+    # Kubernetes names cannot hold "/" or "?", but a path is never built from an unchecked string.
+    return urllib.parse.quote(value, safe="")
