@@ -18,12 +18,13 @@ import httpx
 import kopf
 
 from kcmail import metrics
+from kcmail.apisession import bounded_session, connection_limit
 from kcmail.connections import ConnectionKey, KeycloakClients, normalized_url, secret_refs, tls_context
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube, load_client_config
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
-from kcmail.runtime import OperatorOptions, Runtime, backoff, first_pass_can_wait, secret_is_news
+from kcmail.runtime import OperatorOptions, Runtime, backoff, drop_managed_fields, first_pass_can_wait, secret_is_news
 from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
 
@@ -83,6 +84,15 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     prober = Prober(TokenClient(probe_http), probe_tls, OPTIONS.probe_concurrency)
     _runtime = Runtime(kube=kube, clients=clients, reconciler=Reconciler(kube, clients, prober),
                        probe_http=probe_http)
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession:
+    # kopf's own reading of the kubeconfig or service account, in a session with a bounded pool.
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        raise kopf.LoginError("the kubernetes client library cannot be imported")
+    return bounded_session(info, connection_limit(OPTIONS.namespaces))
 
 
 @kopf.on.cleanup()
@@ -241,6 +251,7 @@ async def _report(rt: Runtime, body: kopf.Body, reported: dict[str, Any], result
 def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any,
                        connection_users: kopf.Index, realm_claims: kopf.Index, **_: Any) -> None:
     rt = runtime()
+    drop_managed_fields(body)
     if type == "DELETED":
         # The owner of a realm is gone: the next claim in line takes over at once.
         for peer_ns, peer_name, *_rest in realm_claims.get(spec.get("realm", ""), []):
