@@ -103,14 +103,16 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.probe(id="keycloak-clients")
-def liveness(**_: Any) -> str:
+async def liveness(**_: Any) -> str:
     return "ok" if _runtime is not None else "starting"
 
 
 # --- indices: populated before any handler runs, so no MailConfig acts on a half-known cluster ----------
+# Handlers that never block are async: kopf runs a sync handler in a worker thread, and a start-up listing
+# of a thousand MailConfigs and their Secrets would hop threads several thousand times.
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
-def realm_claims(namespace: str, name: str, uid: str, meta: Any, spec: Any, **_: Any) -> dict[str, Any]:
+async def realm_claims(namespace: str, name: str, uid: str, meta: Any, spec: Any, **_: Any) -> dict[str, Any]:
     ref = spec.get("connectionRef") or {}
     kind = ref.get("kind", ConnectionKind.CLUSTER.value)
     connection = (kind, namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name"))
@@ -118,7 +120,8 @@ def realm_claims(namespace: str, name: str, uid: str, meta: Any, spec: Any, **_:
 
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
-def secret_users(namespace: str, name: str, spec: Any, status: Any, **_: Any) -> dict[Any, tuple[str, Any]] | None:
+async def secret_users(namespace: str, name: str, spec: Any, status: Any,
+                       **_: Any) -> dict[Any, tuple[str, Any]] | None:
     try:
         secret = MailConfigSpec.parse(spec).auth.secret_name
     except SpecError:
@@ -127,7 +130,7 @@ def secret_users(namespace: str, name: str, spec: Any, status: Any, **_: Any) ->
 
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
-def connection_users(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
+async def connection_users(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
     ref = spec.get("connectionRef") or {}
     kind = ref.get("kind", ConnectionKind.CLUSTER.value)
     return {(kind, namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name")):
@@ -135,23 +138,23 @@ def connection_users(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any
 
 
 @kopf.index(GROUP, VERSION, "keycloakconnections")
-def namespaced_urls(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
+async def namespaced_urls(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
     return {(ConnectionKind.NAMESPACED.value, namespace, name): normalized_url(spec.get("url", ""))}
 
 
 @kopf.index(GROUP, VERSION, "clusterkeycloakconnections")
-def cluster_urls(name: str, spec: Any, **_: Any) -> dict[Any, str]:
+async def cluster_urls(name: str, spec: Any, **_: Any) -> dict[Any, str]:
     return {(ConnectionKind.CLUSTER.value, None, name): normalized_url(spec.get("url", ""))}
 
 
 @kopf.index(GROUP, VERSION, "keycloakconnections")
-def namespaced_connection_secrets(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, tuple[Any, ...]]:
+async def namespaced_connection_secrets(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, tuple[Any, ...]]:
     key = (ConnectionKind.NAMESPACED.value, namespace, name)
     return {ref: key for ref in secret_refs(ConnectionKind.NAMESPACED, spec, namespace)}
 
 
 @kopf.index(GROUP, VERSION, "clusterkeycloakconnections")
-def cluster_connection_secrets(name: str, spec: Any, **_: Any) -> dict[Any, tuple[Any, ...]]:
+async def cluster_connection_secrets(name: str, spec: Any, **_: Any) -> dict[Any, tuple[Any, ...]]:
     key = (ConnectionKind.CLUSTER.value, None, name)
     return {ref: key for ref in secret_refs(ConnectionKind.CLUSTER, spec, None)}
 
@@ -248,7 +251,7 @@ async def _report(rt: Runtime, body: kopf.Body, reported: dict[str, Any], result
 # --- what wakes a loop ------------------------------------------------------------------------------
 
 @kopf.on.event(GROUP, VERSION, MAILCONFIGS)
-def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any,
+async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any,
                        connection_users: kopf.Index, realm_claims: kopf.Index, **_: Any) -> None:
     rt = runtime()
     drop_managed_fields(body)
@@ -282,13 +285,13 @@ async def secret_changed(namespace: str, name: str, meta: Any, type: str | None,
 
 
 @kopf.on.event(GROUP, VERSION, "keycloakconnections")
-def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, type: str | None,
+async def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, type: str | None,
                                   connection_users: kopf.Index, **_: Any) -> None:
     _wake_users(body, type, connection_users, (ConnectionKind.NAMESPACED.value, namespace, name))
 
 
 @kopf.on.event(GROUP, VERSION, "clusterkeycloakconnections")
-def cluster_connection_changed(body: kopf.Body, name: str, type: str | None, connection_users: kopf.Index,
+async def cluster_connection_changed(body: kopf.Body, name: str, type: str | None, connection_users: kopf.Index,
                                **_: Any) -> None:
     _wake_users(body, type, connection_users, (ConnectionKind.CLUSTER.value, None, name))
 
