@@ -252,7 +252,7 @@ async def _report(rt: Runtime, body: kopf.Body, reported: dict[str, Any], result
 
 @kopf.on.event(GROUP, VERSION, MAILCONFIGS)
 async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any,
-                       connection_users: kopf.Index, realm_claims: kopf.Index, **_: Any) -> None:
+                             connection_users: kopf.Index, realm_claims: kopf.Index, **_: Any) -> None:
     rt = runtime()
     drop_managed_fields(body)
     if type == "DELETED":
@@ -286,13 +286,13 @@ async def secret_changed(namespace: str, name: str, meta: Any, type: str | None,
 
 @kopf.on.event(GROUP, VERSION, "keycloakconnections")
 async def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, type: str | None,
-                                  connection_users: kopf.Index, **_: Any) -> None:
+                                        connection_users: kopf.Index, **_: Any) -> None:
     _wake_users(body, type, connection_users, (ConnectionKind.NAMESPACED.value, namespace, name))
 
 
 @kopf.on.event(GROUP, VERSION, "clusterkeycloakconnections")
-async def cluster_connection_changed(body: kopf.Body, name: str, type: str | None, connection_users: kopf.Index,
-                               **_: Any) -> None:
+async def cluster_connection_changed(body: kopf.Body, name: str, type: str | None,
+                                     connection_users: kopf.Index, **_: Any) -> None:
     _wake_users(body, type, connection_users, (ConnectionKind.CLUSTER.value, None, name))
 
 
