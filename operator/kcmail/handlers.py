@@ -1,30 +1,34 @@
 """kopf registrations only: settings, indices, the per-MailConfig loop and the events that wake it.
 
-Each MailConfig has one daemon that runs the reconcile, so reconciles of one object never overlap;
-events (its own spec or annotation, a referenced Secret or Connection) only wake that daemon.
+Each MailConfig has one loop that runs the reconcile, so reconciles of one object never overlap; it is
+kcmail's own task (kcmail.loops says why it is not a kopf daemon). Its events start it, events of what it
+uses (its own spec or annotation, a referenced Secret or Connection) only wake it, and its deletion stops
+it before the realm is cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import datetime
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import kopf
 
-from kcmail import metrics
+from kcmail import loops, metrics
 from kcmail.apisession import bounded_session, connection_limit
 from kcmail.connections import ConnectionKey, KeycloakClients, normalized_url, secret_refs, tls_context
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube, load_client_config
+from kcmail.loops import Loops
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
-from kcmail.runtime import OperatorOptions, Runtime, backoff, drop_managed_fields, first_pass_can_wait, secret_is_news
+from kcmail.runtime import OperatorOptions, Runtime, backoff, first_pass_can_wait, secret_is_news
 from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
 
@@ -43,10 +47,10 @@ class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     """kopf's last-handled-configuration annotation, for the Connections only.
 
     kopf keeps the spec it last handled, to tell creations from updates for on.create/on.update
-    handlers. MailConfigs have none (their daemon compares the realm itself), so storing it would cost
+    handlers. MailConfigs have none (their loop compares the realm itself), so storing it would cost
     one more PATCH per creation and per spec change, and a copy of the spec in every object. For them
     the stored essence is always the current one: every event is a no-op cause for kopf, while
-    deletion (told by the deletionTimestamp) and the daemons work as before.
+    deletion (told by the deletionTimestamp) works as before.
     """
 
     def fetch(self, *, body: kopf.Body) -> Any:
@@ -83,7 +87,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     probe_http = httpx.AsyncClient(verify=probe_tls, timeout=httpx.Timeout(15.0, connect=10.0))
     prober = Prober(TokenClient(probe_http), probe_tls, OPTIONS.probe_concurrency)
     _runtime = Runtime(kube=kube, clients=clients, reconciler=Reconciler(kube, clients, prober),
-                       probe_http=probe_http)
+                       probe_http=probe_http, loops=Loops(contextvars.copy_context()))
 
 
 @kopf.on.login()
@@ -98,6 +102,7 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession:
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if _runtime is not None:
+        await asyncio.gather(*(_runtime.loops.stop(key, _runtime.waker(key)) for key in _runtime.loops.running_keys()))
         await _runtime.clients.aclose()
         await _runtime.probe_http.aclose()
 
@@ -172,27 +177,37 @@ def _claims(realm: str, realm_claims: kopf.Index, namespaced_urls: kopf.Index,
 
 # --- the MailConfig loop ----------------------------------------------------------------------------
 
-@kopf.daemon(GROUP, VERSION, MAILCONFIGS, cancellation_timeout=10.0)
-async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_claims: kopf.Index,
-                          namespaced_urls: kopf.Index, cluster_urls: kopf.Index, **_: Any) -> None:
-    rt = runtime()
-    key = f"{body.metadata.namespace}/{body.metadata.name}"
+@dataclass(frozen=True)
+class Indices:
+    """The live indices a loop reads its realm's claims from (kopf keeps them current)."""
+
+    realm_claims: kopf.Index
+    namespaced_urls: kopf.Index
+    cluster_urls: kopf.Index
+
+    def claims(self, realm: str) -> list[Claim]:
+        return _claims(realm, self.realm_claims, self.namespaced_urls, self.cluster_urls)
+
+
+async def mailconfig_loop(rt: Runtime, key: str, indices: Indices) -> None:
+    """One MailConfig's passes, one at a time, until its loop is stopped (see kcmail.loops)."""
     waker = rt.waker(key)
     attempt = 0
+    obj = rt.loops.latest(key)
     try:
-        obj = MailConfigObject.from_body(body)
+        if obj is None:
+            return
+        log.debug("MailConfig %s: loop started", key)
         if not waker.is_set() and first_pass_can_wait(obj.status, obj.generation, obj.annotations):
-            await _sleep(rt, waker, stopped, _next_delay(obj, 0))
-        while not stopped:
+            await loops.sleep(waker, _next_delay(obj, 0))
+        while not rt.loops.stopping(key) and (obj := rt.loops.latest(key)) is not None:
             waker.clear()
-            obj = MailConfigObject.from_body(body)
             started = time.monotonic()
             reported = dict(obj.status)
             try:
-                result = await rt.reconciler.reconcile(
-                    obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls),
-                    report=functools.partial(_report, rt, body, reported))
-                await _report(rt, body, reported, result)
+                result = await rt.reconciler.reconcile(obj, indices.claims,
+                                                       report=functools.partial(_report, rt, obj, reported))
+                await _report(rt, obj, reported, result)
             except Exception as error:  # the loop must outlive any one failed pass
                 # Kubernetes API errors and the unforeseen: retried with backoff. Only the type and text
                 # are logged; no traceback locals, which could hold credentials.
@@ -204,13 +219,17 @@ async def mailconfig_loop(body: kopf.Body, stopped: kopf.DaemonStopped, realm_cl
                 metrics.record_pass(obj.namespace, obj.name, result.status, obj.status, wrote=result.wrote,
                                     seconds=time.monotonic() - started)
                 attempt = attempt + 1 if result.retry else 0
+            if rt.loops.stopping(key):
+                break
             delay = _next_delay(obj, attempt)
             if attempt:
                 log.info("MailConfig %s: retry %d in %.1f s", obj.id, attempt, delay)
-            await _sleep(rt, waker, stopped, delay)
+            await loops.sleep(waker, delay)
     finally:
+        log.debug("MailConfig %s: loop stopped", key)
         rt.forget(key)
-        metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
+        namespace, _, name = key.partition("/")
+        metrics.forget(namespace, name)
 
 
 def _next_delay(obj: MailConfigObject, attempt: int) -> float:
@@ -223,44 +242,42 @@ def _next_delay(obj: MailConfigObject, attempt: int) -> float:
     return seconds_to_next_pass(time.time(), interval, phase(obj.uid))
 
 
-async def _sleep(rt: Runtime, waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
-    woken = asyncio.ensure_future(waker.wait())
-    halted = asyncio.ensure_future(stopped.wait())
-    try:
-        await asyncio.wait({woken, halted}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (woken, halted):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-async def _report(rt: Runtime, body: kopf.Body, reported: dict[str, Any], result: Result) -> None:
+async def _report(rt: Runtime, obj: MailConfigObject, reported: dict[str, Any], result: Result) -> None:
     """Patch the status keys that differ from ``reported`` (what the API holds), then post the Events."""
     if any(reported.get(k) != v for k, v in result.status.items()):
-        await rt.kube.patch_status(MAILCONFIGS, body.metadata.name or "", body.metadata.namespace or "",
-                                   result.status)
+        await rt.kube.patch_status(MAILCONFIGS, obj.name, obj.namespace, result.status)
         reported.update(result.status)
+    if result.events:
+        # What kopf needs to name the object in an Event.
+        ref = {"apiVersion": f"{GROUP}/{VERSION}", "kind": MAILCONFIG_KIND,
+               "metadata": {"namespace": obj.namespace, "name": obj.name, "uid": obj.uid}}
     for event in result.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        kopf.event(ref, type=event.type, reason=event.reason, message=event.message)
         level = logging.INFO if event.type == "Normal" else logging.WARNING
-        log.log(level, "MailConfig %s/%s: %s: %s", body.metadata.namespace, body.metadata.name, event.reason,
-                event.message)
+        log.log(level, "MailConfig %s: %s: %s", obj.id, event.reason, event.message)
 
 
-# --- what wakes a loop ------------------------------------------------------------------------------
+# --- what starts, wakes and stops a loop --------------------------------------------------------------
 
 @kopf.on.event(GROUP, VERSION, MAILCONFIGS)
-async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any,
-                             connection_users: kopf.Index, realm_claims: kopf.Index, **_: Any) -> None:
+async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any, meta: Any,
+                             realm_claims: kopf.Index, namespaced_urls: kopf.Index, cluster_urls: kopf.Index,
+                             **_: Any) -> None:
     rt = runtime()
-    drop_managed_fields(body)
+    key = f"{namespace}/{name}"
     if type == "DELETED":
+        await rt.loops.stop(key, rt.waker(key))
+        rt.forget(key)
         # The owner of a realm is gone: the next claim in line takes over at once.
         for peer_ns, peer_name, *_rest in realm_claims.get(spec.get("realm", ""), []):
             rt.wake(f"{peer_ns}/{peer_name}")
         return
-    rt.wake_on_change(f"{namespace}/{name}", body)
+    rt.loops.keep(key, body)
+    if meta.get("deletionTimestamp"):
+        return  # mailconfig_deleted stops the loop, then clears the realm
+    rt.wake_on_change(key, body)
+    if not rt.loops.running(key):
+        rt.loops.start(key, mailconfig_loop(rt, key, Indices(realm_claims, namespaced_urls, cluster_urls)))
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -320,9 +337,11 @@ async def mailconfig_deleted(body: kopf.Body, realm_claims: kopf.Index, namespac
                              cluster_urls: kopf.Index, **_: Any) -> None:
     rt = runtime()
     obj = MailConfigObject.from_body(body)
+    # Its loop first: a pass in flight must not write the realm while it is being cleared.
+    await rt.loops.stop(obj.id, rt.waker(obj.id))
     result = await rt.reconciler.finalize(
         obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
-    await _report(rt, body, dict(obj.status), result)
+    await _report(rt, obj, dict(obj.status), result)
     if result.retry:
         raise kopf.TemporaryError("waiting for Keycloak to clear the realm's SMTP settings", delay=15)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from kcmail.smtp_settings import UnsupportedVersion, cleared_smtp_server, desire
 from kcmail.spec import AuthType, ConnectionKind, Credentials, DeletionPolicy, MailConfigSpec, ProbeMode, SpecError
 
 REQUESTED_AT = "kcmail.io/requested-at"
+READ_ANNOTATIONS = frozenset({REQUESTED_AT})
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,19 @@ class MailConfigObject:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> MailConfigObject:
         meta = body.get("metadata", {})
+        # Only the annotations kcmail reads: kubectl's last-applied-configuration alone can double the size.
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in READ_ANNOTATIONS}
         return cls(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
                    generation=int(meta.get("generation", 0)), created=meta.get("creationTimestamp", ""),
-                   annotations=dict(meta.get("annotations") or {}), spec=dict(body.get("spec") or {}),
-                   status=dict(body.get("status") or {}))
+                   annotations=annotations, spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}))
+
+    def pack(self) -> bytes:
+        """These fields as compact JSON: what a loop keeps between passes, a tenth of the parsed size."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, data: bytes) -> MailConfigObject:
+        return cls(**json.loads(data))
 
     @property
     def id(self) -> str:

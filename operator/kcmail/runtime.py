@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ import httpx
 
 from kcmail.connections import KeycloakClients
 from kcmail.kube import Kube, secret_version
+from kcmail.loops import Loops
 from kcmail.reconcile import REQUESTED_AT, Reconciler
 
 # Backoff for failures that can pass (Keycloak down, 5xx): from a few seconds up to the interval.
@@ -41,6 +42,7 @@ class Runtime:
     clients: KeycloakClients
     reconciler: Reconciler
     probe_http: httpx.AsyncClient
+    loops: Loops = field(default_factory=Loops)
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _connection_generations: dict[tuple[Any, ...], Any] = field(default_factory=dict)
@@ -75,18 +77,6 @@ class Runtime:
         changed = self._connection_generations.get(key) != generation
         self._connection_generations[key] = generation
         return changed and not listed
-
-
-def drop_managed_fields(body: Mapping[str, Any]) -> None:
-    """Remove ``metadata.managedFields`` from the body kopf keeps for a MailConfig's loop, in place.
-
-    kopf holds the latest body of every object that has a daemon; managedFields, the API server's record of
-    field managers, is about 40 % of a parsed MailConfig (10 of 26 KiB) and nothing in kcmail reads it.
-    kopf's Body view hands out its own nested dicts, so popping from them trims what kopf holds.
-    """
-    metadata = body.get("metadata")
-    if isinstance(metadata, MutableMapping):
-        metadata.pop("managedFields", None)
 
 
 def secret_is_news(uid: str, resource_version: str, applied_version: str | None) -> bool:

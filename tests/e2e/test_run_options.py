@@ -136,7 +136,7 @@ def test_sigterm_stops_the_operator_within_seconds_and_leaves_finalizers(kcmail_
     own_realm = f"realm-{own}"
     operator_env.apply(env, *_mail(env, own, own_realm))
     _wait_ready(env, own)
-    wait_until(lambda: "Daemon 'mailconfig_loop' is invoked" in namespaced_operator.log(),
+    wait_until(lambda: f"MailConfig {own}/mail: loop started" in namespaced_operator.log(),
                server=namespaced_operator.process, what="its loop for the MailConfig", timeout=60)
     # A steady object: nothing writes to it while nothing changes.
     before = _get(env, own)
@@ -164,6 +164,7 @@ def test_sigterm_stops_the_operator_within_seconds_and_leaves_finalizers(kcmail_
     assert took < 10, f"took {took:.1f} s to stop"
     assert status == 0, namespaced_operator.log()[-3000:]
     assert "Signal SIGTERM is received" in namespaced_operator.log()
+    assert f"MailConfig {own}/mail: loop stopped" in namespaced_operator.log()
     after = _get(env, own)
     assert after["metadata"]["finalizers"] == before["metadata"]["finalizers"]
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

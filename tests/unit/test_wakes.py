@@ -1,12 +1,11 @@
-"""Which events wake a MailConfig's loop: news, not what its first pass reads anyway; what its body keeps."""
+"""Which events wake a MailConfig's loop: news, not what its first pass reads anyway."""
 
 from __future__ import annotations
 
-import kopf
 import pytest
 
 from kcmail.kube import secret_version
-from kcmail.runtime import Runtime, drop_managed_fields, first_pass_can_wait, secret_is_news
+from kcmail.runtime import Runtime, first_pass_can_wait, secret_is_news
 
 pytestmark = pytest.mark.unit
 
@@ -75,14 +74,3 @@ def test_after_a_start_only_a_ready_current_mailconfig_waits_for_its_slot():
     assert not first_pass_can_wait({}, 1, {})  # never reconciled
     assert not first_pass_can_wait(_status(), 2, {"kcmail.io/requested-at": "t1"})  # a pass was asked for
     assert first_pass_can_wait(_status(handled="t1"), 2, {"kcmail.io/requested-at": "t1"})
-
-
-def test_managed_fields_are_dropped_from_the_body_kopf_keeps():
-    raw = {"metadata": {"name": "mail", "generation": 2, "managedFields": [{"manager": "kubectl"}]},
-           "spec": {"realm": "acme"}}
-    body = kopf.Body(raw)
-
-    drop_managed_fields(body)
-
-    assert raw == {"metadata": {"name": "mail", "generation": 2}, "spec": {"realm": "acme"}}
-    drop_managed_fields(kopf.Body({"spec": {}}))  # no metadata at all: nothing to do, nothing raised
