@@ -52,7 +52,7 @@ RECONCILE_DURATION = Histogram(
     "kcmail_reconcile_duration_seconds", "Time one reconcile pass took, probes and status write included.",
     registry=REGISTRY, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 PROBES = Counter(
-    "kcmail_probes", "Probes run (token, then SMTP), by result and reason.", ["result", "reason"],
+    "kcmail_probes", "Probes run (SMTP, with the token at AUTH), by result and reason.", ["result", "reason"],
     registry=REGISTRY)
 PROBE_DURATION = Histogram(
     "kcmail_probe_duration_seconds",

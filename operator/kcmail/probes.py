@@ -1,7 +1,10 @@
-"""One probe of a MailConfig: the token Keycloak will ask for, then the SMTP server.
+"""One probe of a MailConfig: the SMTP server, and for XOAUTH2 the token Keycloak will ask for.
 
-An XOAUTH2 probe that the SMTP server refuses is retried once with a fresh token, as Keycloak itself
-does after an AuthenticationFailedException; a token that a server refuses is never cached.
+The token is taken at the AUTH step, once the connection, TLS and EHLO are done, so that the cache's
+expiry check happens one round trip before the server checks the token; a server that fails before AUTH
+is followed by the token request alone, so that TokenAcquired is reported all the same. An XOAUTH2 probe
+that the SMTP server refuses is retried once with a fresh token, as Keycloak itself does after an
+AuthenticationFailedException; a token that a server refuses is never cached.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from kcmail.spec import AuthType, Credentials, MailConfigSpec, ProbeMode
 
 @dataclass
 class ProbeOutcome:
-    """``token`` is None when the auth type needs no token; ``smtp`` is None when it was not reached."""
+    """``token`` is None when the auth type needs no token; ``smtp`` is None when the token failed before
+    the SMTP server could be asked to authenticate. In ``steps`` a token request (there is none for a cached
+    token) is listed before the SMTP steps of its attempt, though it ran at that attempt's AUTH step, or
+    after the SMTP server failed before it."""
 
     token: Failure | bool | None = None
     smtp: Failure | bool | None = None
@@ -64,6 +70,11 @@ def token_request(spec: MailConfigSpec, credentials: Credentials) -> TokenReques
                         secret_version=credentials.secret_version)
 
 
+def _refused(result: SmtpProbeResult) -> bool:
+    """Whether the server refused the credentials at AUTH (pure)."""
+    return result.failure is not None and result.failure.reason is Reason.AUTHENTICATION_REJECTED
+
+
 class Prober:
     """Runs probes for every MailConfig, at most ``concurrency`` at a time across the operator."""
 
@@ -98,33 +109,44 @@ class Prober:
         else:
             secret = credentials.password if auth.type is AuthType.BASIC else ""
             result = await probe_smtp(target, SmtpCredentials(auth.type, auth.username, secret), self._tls, send=send)
-        if result is not None:
-            outcome.steps.extend(result.steps)
+        outcome.steps.extend(result.steps)
+        if not result.stopped_before_auth:
             outcome.smtp = result.failure or True
         return outcome
 
     async def _xoauth2(self, request: TokenRequest, target: SmtpTarget, username: str, send: SendSpec | None,
-                       outcome: ProbeOutcome) -> SmtpProbeResult | None:
-        result = None
-        for attempt in range(2):
-            started = time.monotonic()
-            try:
-                token, requested = await self._tokens.acquire(request)
-            except TokenFailure as error:
-                outcome.steps.append(Step("token", False, time.monotonic() - started, error.failure.message))
-                outcome.token = error.failure
-                return None
-            if requested:
-                # A cached token took no time to get; only a real request says how the endpoint does.
-                outcome.steps.append(Step("token", True, time.monotonic() - started,
-                                          f"token issued, expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ}"))
-            outcome.token = True
-            outcome.token_expires_at = token.expires_at
-            result = await probe_smtp(target, SmtpCredentials(AuthType.XOAUTH2, username, token.access_token),
-                                      self._tls, send=send)
-            if result.failure is None or result.failure.reason is not Reason.AUTHENTICATION_REJECTED:
-                return result
+                       outcome: ProbeOutcome) -> SmtpProbeResult:
+        async def bearer() -> str | None:
+            return await self._token(request, outcome)
+
+        credentials = SmtpCredentials(AuthType.XOAUTH2, username, bearer=bearer)
+        result = await probe_smtp(target, credentials, self._tls, send=send)
+        if _refused(result):
+            # The token was revoked, or lapsed between the cache's check and the server's: a fresh one, once.
             self._tokens.forget(request)
-            if attempt == 0:
-                outcome.steps.extend(result.steps)
+            outcome.steps.extend(result.steps)
+            result = await probe_smtp(target, credentials, self._tls, send=send)
+            if _refused(result):
+                self._tokens.forget(request)
+        if outcome.token is None:
+            # The server failed before AUTH, so no token was asked for: TokenAcquired still says whether the
+            # credential works (a cached token costs nothing).
+            await bearer()
         return result
+
+    async def _token(self, request: TokenRequest, outcome: ProbeOutcome) -> str | None:
+        """The bearer token, recorded in ``outcome``; None when the token endpoint gave none."""
+        started = time.monotonic()
+        try:
+            token, requested = await self._tokens.acquire(request)
+        except TokenFailure as error:
+            outcome.steps.append(Step("token", False, time.monotonic() - started, error.failure.message))
+            outcome.token = error.failure
+            return None
+        if requested:
+            # A cached token took no time to get; only a real request says how the endpoint does.
+            outcome.steps.append(Step("token", True, time.monotonic() - started,
+                                      f"token issued, expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ}"))
+        outcome.token = True
+        outcome.token_expires_at = token.expires_at
+        return token.access_token

@@ -1,5 +1,8 @@
 """Meet the SMTP server as Keycloak will: connect, TLS, EHLO, AUTH (XOAUTH2 in Keycloak's SASL form, or
 PLAIN/LOGIN), optionally send a labelled probe message, and QUIT; every failure classified.
+
+An XOAUTH2 bearer token can be handed over as a callable that is awaited at the AUTH step, once the
+connection, TLS and EHLO are done: a token checked then still has its life when the server validates it.
 """
 
 from __future__ import annotations
@@ -36,11 +39,19 @@ class SmtpTarget:
     timeout: float
 
 
+Bearer = Callable[[], Awaitable[str | None]]
+
+
 @dataclass(frozen=True)
 class SmtpCredentials:
+    """``bearer``, when given, supplies the XOAUTH2 token at the AUTH step instead of ``secret``. It returns
+    None when no token can be had: the caller has recorded why, and the probe stops before AUTH. It must
+    not raise."""
+
     type: AuthType
     username: str = ""
     secret: str = field(default="", repr=False)  # the bearer token (XOAUTH2) or the password (Basic)
+    bearer: Bearer | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -66,10 +77,12 @@ class SmtpProbeResult:
     # The AUTH mechanisms of the last EHLO answer (after STARTTLS when there is one), upper case: what
     # `kcmail audit --probe` checks when it has no secret to authenticate with.
     offered_auth: frozenset[str] = frozenset()
+    # The bearer callable had no token: the conversation ended before AUTH, and that is no SMTP failure.
+    stopped_before_auth: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.failure is None
+        return self.failure is None and not self.stopped_before_auth
 
 
 class _Stop(Exception):
@@ -131,6 +144,19 @@ def _root(error: BaseException) -> BaseException:
     return error
 
 
+def _mechanism(auth: AuthType, offered: frozenset[str], where: str) -> str | Failure:
+    """The AUTH mechanism Keycloak will use among those ``offered`` (upper case), or why none fits (pure)."""
+    if auth is AuthType.XOAUTH2:
+        if "XOAUTH2" in offered:
+            return "XOAUTH2"
+        return Failure(Reason.XOAUTH2_NOT_OFFERED, f"{where} does not advertise AUTH XOAUTH2 "
+                                                   f"(offers: {' '.join(sorted(offered)) or 'no AUTH'})")
+    mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+    if mechanism is None:
+        return Failure(Reason.AUTHENTICATION_REJECTED, f"{where} offers neither AUTH PLAIN nor LOGIN")
+    return mechanism
+
+
 def probe_message(spec: SendSpec, probe_id: str) -> EmailMessage:
     """A message no one can mistake: its subject and headers name kcmail, the MailConfig and the probe."""
     message = EmailMessage()
@@ -150,7 +176,8 @@ def probe_message(spec: SendSpec, probe_id: str) -> EmailMessage:
 
 async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.SSLContext, *,
                      send: SendSpec | None = None) -> SmtpProbeResult:
-    """Run every step; stop at the first failure. QUIT is always attempted."""
+    """Run every step; stop at the first failure, or before AUTH when the bearer callable has no token.
+    QUIT is always attempted."""
     result = SmtpProbeResult(probe_id=uuid.uuid4().hex[:12])
     client = aiosmtplib.SMTP(hostname=target.host, port=target.port, timeout=target.timeout,
                              use_tls=target.security is Security.SSL, start_tls=False, tls_context=tls,
@@ -198,21 +225,11 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
         result.offered_auth = frozenset(m.upper() for m in client.server_auth_methods)
         return f"{_tls_summary(client)}; EHLO again: {_capabilities(client)}"
 
-    async def authenticate() -> str:
-        offered = {m.upper() for m in client.server_auth_methods}
-        if credentials.type is AuthType.XOAUTH2:
-            if "XOAUTH2" not in offered:
-                raise _Stop(Failure(Reason.XOAUTH2_NOT_OFFERED,
-                                    f"{target.host}:{target.port} does not advertise AUTH XOAUTH2 "
-                                    f"(offers: {' '.join(sorted(offered)) or 'no AUTH'})"))
-            mechanism, call = "XOAUTH2", client.auth_xoauth2(credentials.username, credentials.secret)
+    async def authenticate(mechanism: str, secret: str) -> str:
+        if mechanism == "XOAUTH2":
+            call = client.auth_xoauth2(credentials.username, secret)
         else:
-            mechanism = "PLAIN" if "PLAIN" in offered else "LOGIN"
-            if mechanism not in offered:
-                raise _Stop(Failure(Reason.AUTHENTICATION_REJECTED,
-                                    f"{target.host}:{target.port} offers neither AUTH PLAIN nor LOGIN"))
-            call = (client.auth_plain if mechanism == "PLAIN" else client.auth_login)(
-                credentials.username, credentials.secret)
+            call = (client.auth_plain if mechanism == "PLAIN" else client.auth_login)(credentials.username, secret)
         try:
             response = await call
         except aiosmtplib.SMTPAuthenticationError as error:
@@ -238,7 +255,17 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
         if target.security is Security.STARTTLS:
             await step("starttls", starttls)
         if credentials.type is not AuthType.NONE:
-            await step("auth", authenticate)
+            mechanism = _mechanism(credentials.type, result.offered_auth, f"{target.host}:{target.port}")
+            if isinstance(mechanism, Failure):
+                result.steps.append(Step("auth", False, 0.0, mechanism.message))
+                raise _Stop(mechanism)
+            # Asked for only now, one round trip before the server checks it, and only once the server
+            # offers the mechanism: a server that fails earlier costs no token.
+            secret = credentials.secret if credentials.bearer is None else await credentials.bearer()
+            if secret is None:
+                result.stopped_before_auth = True
+                return result
+            await step("auth", lambda: authenticate(mechanism, secret))
         if send is not None:
             await step("send", deliver)
     except _Stop as stop:

@@ -7,6 +7,7 @@ other listener settings; nothing is faked.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import ssl
 
 import httpx
@@ -18,8 +19,9 @@ from kcmail.devenv.environment import REFUSED_DOMAIN, SENDER_MAILBOXES
 from kcmail.devenv.processes import free_port
 from kcmail.devenv.smtp_server import ListenerConfig, SmtpServerConfig, serving
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
+from kcmail.probes import Prober
 from kcmail.smtp_probe import SendSpec, SmtpCredentials, SmtpTarget, probe_smtp
-from kcmail.spec import AuthType, Security
+from kcmail.spec import AuthType, Credentials, MailConfigSpec, Security
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +180,39 @@ async def test_a_server_that_does_not_advertise_xoauth2(devenv, tmp_path):
     assert result.failure is not None
     assert result.failure.reason is Reason.XOAUTH2_NOT_OFFERED
     assert "PLAIN" in result.failure.message
+
+
+def _heard(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The commands an in-process server has read, in order (aiosmtpd logs each, AUTH's argument masked)."""
+    return [record.args[1].split()[0].decode().upper() for record in caplog.records
+            if record.name == "mail.log" and record.msg == "%r >> %r"
+            and isinstance(record.args, tuple) and isinstance(record.args[1], bytes) and record.args[1]]
+
+
+async def test_the_prober_asks_the_issuer_after_starttls_and_the_server_accepts_that_token(devenv, tmp_path,
+                                                                                         caplog):
+    caplog.set_level(logging.INFO, logger="mail.log")
+    config = await _variant_server(devenv, tmp_path, ListenerConfig(name="starttls", port=free_port()))
+    spec = MailConfigSpec.parse({
+        "connectionRef": {"kind": "ClusterKeycloakConnection", "name": "main"}, "realm": "acme",
+        "smtp": {"host": "localhost", "port": config.listeners[0].port, "security": "StartTLS"},
+        "sender": {"from": MAILBOX},
+        "auth": {"type": "XOAUTH2", "username": MAILBOX,
+                 "xoauth2": {"tokenURL": devenv.issuer_token_url, "scope": devenv.issuer_scope,
+                             "clientSecretRef": {"name": "smtp-oauth"}}},
+    })
+    credentials = Credentials(secret_version="uid/1", client_id=devenv.issuer_client_id,
+                              client_secret=devenv.issuer_client_secret)
+    at_request: list[list[str]] = []
+
+    async def note(request: httpx.Request) -> None:
+        at_request.append(_heard(caplog))
+
+    async with serving(config), httpx.AsyncClient(verify=client_context(devenv.ca_file), timeout=15,
+                                                  event_hooks={"request": [note]}) as http:
+        outcome = await Prober(TokenClient(http), client_context(devenv.ca_file), 1).probe(spec, credentials, "ns/mc")
+
+    assert (outcome.token, outcome.smtp) == (True, True)
+    assert outcome.token_expires_at is not None
+    assert at_request == [["EHLO", "STARTTLS", "EHLO"]]
+    assert _heard(caplog) == ["EHLO", "STARTTLS", "EHLO", "AUTH", "QUIT"]

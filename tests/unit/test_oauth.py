@@ -73,7 +73,7 @@ def test_any_answer_is_classified_without_raising(body, status):
     assert isinstance(classify_response(status, body, "application/json", NOW), Token | Failure)
 
 
-async def test_tokens_are_reused_until_a_minute_before_expiry():
+async def test_tokens_are_reused_until_seconds_before_expiry():
     calls = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -86,9 +86,12 @@ async def test_tokens_are_reused_until_a_minute_before_expiry():
         request = TokenRequest(url="https://login.example/token", client_id="app", client_secret="s",
                                scope="smtp.send", secret_version="uid/1")
         first = await client.token(request)
-        clock[0] = NOW + datetime.timedelta(seconds=300) - RENEW_BEFORE - datetime.timedelta(seconds=1)
+        # Four seconds before expiry: renewing a minute early cost 1.25 grants per 5-minute lifetime.
+        clock[0] = NOW + datetime.timedelta(seconds=296)
         assert await client.token(request) is first
-        clock[0] += datetime.timedelta(seconds=2)
+        clock[0] = NOW + datetime.timedelta(seconds=300) - RENEW_BEFORE - datetime.timedelta(milliseconds=1)
+        assert await client.token(request) is first
+        clock[0] += datetime.timedelta(milliseconds=2)
         assert (await client.token(request)).access_token == "t2"
         rotated = TokenRequest(url=request.url, client_id="app", client_secret="s2", scope="smtp.send",
                                secret_version="uid/2")
