@@ -1,5 +1,5 @@
-"""The bound on Keycloak admin calls in flight: from `kcmail run --keycloak-concurrency` to every Connection's
-client, and a connection pool that lets exactly that many calls through and keeps them open.
+"""The bound on Keycloak admin calls in flight: from `kcmail run --keycloak-concurrency` and the chart's value to
+every Connection's client, and a connection pool that lets exactly that many calls through and keeps them open.
 
 Keycloak here is a loopback stand-in (aiohttp) for its token endpoint and realm reads. It holds every realm read
 until the expected number are in flight at once: a bound or a pool smaller than that leaves the reads waiting
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
+import yaml
 from aiohttp import web
 
 from kcmail import cli, defaults, handlers
@@ -25,6 +27,7 @@ from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.unit
 
+CHART_VALUES = Path(__file__).resolve().parents[2] / "charts" / "kcmail" / "values.yaml"
 ADMIN = AdminCredentials(username="admin", password="admin-password")
 
 
@@ -104,6 +107,12 @@ def test_a_keycloak_bound_that_is_not_a_positive_whole_number_is_refused(value, 
     assert exit_.value.code == 2
     assert (f"argument --keycloak-concurrency: needs a whole number of 1 or more, not '{value}'"
             in capsys.readouterr().err)
+
+
+def test_the_chart_default_is_the_operators():
+    values = yaml.safe_load(CHART_VALUES.read_text())
+    assert values["keycloakConcurrency"] == defaults.KEYCLOAK_CONCURRENCY
+    assert values["probeConcurrency"] == defaults.PROBE_CONCURRENCY
 
 
 async def test_the_started_operator_gives_each_connection_client_its_configured_bound(keycloak, monkeypatch):
