@@ -22,6 +22,7 @@ from bench.context import FULL, QUICK, Bench, Sizes, say
 from bench.floor import BareAdmin, create_realms
 from bench.keycloak_counts import KeycloakCounts
 from bench.smtp_log import SmtpLog
+from kcmail.defaults import KEYCLOAK_CONCURRENCY
 from kcmail.devenv import environment, operator_env
 from kcmail.devenv.environment import Environment
 from kcmail.devenv.keycloak_server import HEAP_VARIABLE
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                              "for investigations; the goals are set for 1000")
     parser.add_argument("--probe-concurrency", type=int, default=None,
                         help="the operator's --probe-concurrency, instead of the mode's 4 or 10: for investigations")
+    parser.add_argument("--keycloak-concurrency", type=int, default=None,
+                        help="the operator's --keycloak-concurrency, instead of its default "
+                             f"({KEYCLOAK_CONCURRENCY}): for investigations")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help=f"the Markdown table; the JSON goes beside it (default {DEFAULT_OUTPUT})")
     parser.add_argument("--render", action="store_true",
@@ -62,11 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         _write_page(args.output, json.loads(args.output.with_suffix(".json").read_text()))
         return 0
-    sizes = QUICK if args.quick else FULL
-    if args.mailconfigs:
-        sizes = dataclasses.replace(sizes, mailconfigs=args.mailconfigs, small=min(sizes.small, args.mailconfigs))
-    if args.probe_concurrency:
-        sizes = dataclasses.replace(sizes, probe_concurrency=args.probe_concurrency)
+    sizes = chosen_sizes(args)
     state_dir = (args.state_dir or environment.default_state_dir().parent / "bench").resolve()
     started, clock = datetime.datetime.now(datetime.UTC), time.monotonic()
     at_start = machine.machine()
@@ -94,6 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     _write_page(args.output, results)
     return 1 if errors else 0
+
+
+def chosen_sizes(args: argparse.Namespace) -> Sizes:
+    """The mode's sizes with the investigation's changes; the results record them as they are."""
+    sizes = QUICK if args.quick else FULL
+    if args.mailconfigs:
+        sizes = dataclasses.replace(sizes, mailconfigs=args.mailconfigs, small=min(sizes.small, args.mailconfigs))
+    if args.probe_concurrency:
+        sizes = dataclasses.replace(sizes, probe_concurrency=args.probe_concurrency)
+    if args.keycloak_concurrency:
+        sizes = dataclasses.replace(sizes, keycloak_concurrency=args.keycloak_concurrency)
+    return sizes
 
 
 def _write_page(output: Path, results: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from bench.floor import BareAdmin
 from bench.keycloak_counts import KeycloakCounts
 from bench.operator_proc import OperatorProcess
 from bench.smtp_log import SmtpLog
+from kcmail.defaults import KEYCLOAK_CONCURRENCY
 from kcmail.devenv.environment import Environment
 
 # Long enough for a started operator to list the cluster (kopf's initial listings and the Connection check).
@@ -33,6 +34,8 @@ class Sizes:
     interval_seconds: int
     probe_concurrency: int
     floor_concurrency: tuple[int, ...]
+    # The operator's --keycloak-concurrency: its own default unless an investigation sets another.
+    keycloak_concurrency: int = KEYCLOAK_CONCURRENCY
 
     @property
     def interval(self) -> str:
@@ -67,7 +70,8 @@ class Bench:
         running operator, as in production, rather than one still starting.
         """
         operator = OperatorProcess(self.env, self.state_dir / "operators" / f"{len(self.operators) + 1:02d}",
-                                   probe_concurrency=self.sizes.probe_concurrency)
+                                   probe_concurrency=self.sizes.probe_concurrency,
+                                   keycloak_concurrency=self.sizes.keycloak_concurrency)
         self.operators.append(operator)
         operator.wait_started()
         if settle:

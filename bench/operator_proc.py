@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from kcmail.defaults import KEYCLOAK_CONCURRENCY
 from kcmail.devenv import operator_env
 from kcmail.devenv.environment import Environment
 from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port
@@ -19,6 +20,15 @@ _KIB_PER_MIB = 1024
 _RECONCILES = re.compile(r"^kcmail_reconciles_total\{[^}]*\}\s+(\S+)$", re.MULTILINE)
 
 
+def run_args(*, probe_concurrency: int, keycloak_concurrency: int) -> list[str]:
+    """The options of `kcmail run` that a benchmark run chooses."""
+    args = ["--probe-concurrency", str(probe_concurrency)]
+    if keycloak_concurrency != KEYCLOAK_CONCURRENCY:
+        # At its default the operator is started as a plain `kcmail run` is, without the flag.
+        args += ["--keycloak-concurrency", str(keycloak_concurrency)]
+    return args
+
+
 class OperatorProcess:
     """One `kcmail run`; ``pid`` is the Python interpreter itself (the process group leader).
 
@@ -26,10 +36,11 @@ class OperatorProcess:
     ``NN.prof`` there (NN: its state directory's name) when it stops.
     """
 
-    def __init__(self, env: Environment, state_dir: Path, *, probe_concurrency: int) -> None:
+    def __init__(self, env: Environment, state_dir: Path, *, probe_concurrency: int,
+                 keycloak_concurrency: int) -> None:
         self._registry = ProcessRegistry(state_dir)
         self.metrics_port = free_port()
-        args = ["--probe-concurrency", str(probe_concurrency)]
+        args = run_args(probe_concurrency=probe_concurrency, keycloak_concurrency=keycloak_concurrency)
         profile = os.environ.get(PROFILE_VARIABLE)
         if profile:
             self.process = self._profiled(env, state_dir, Path(profile), args)

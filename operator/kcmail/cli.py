@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kcmail import metrics, probe_cli
+from kcmail import defaults, metrics, probe_cli
 from kcmail.adopt import cli as adopt_cli
 
 
@@ -37,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     namespaces = tuple(args.namespace or ())
     handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness,
-                                       probe_concurrency=args.probe_concurrency))
+                                       probe_concurrency=args.probe_concurrency,
+                                       keycloak_concurrency=args.keycloak_concurrency))
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness,
              standalone=not args.peering)
     return 0
@@ -50,6 +51,18 @@ def _metrics_address(value: str) -> tuple[str, int] | None:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _positive_int(value: str) -> int:
+    """A bound on work at once: 0 or less would let nothing through."""
+    problem = f"needs a whole number of 1 or more, not {value!r}"
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(problem)
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kcmail", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -57,8 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--namespace", action="append",
                      help="watch only this namespace (repeat for several); default: all namespaces")
     run.add_argument("--ca-bundle", help="PEM file of extra CAs trusted for Keycloak, token endpoints and SMTP")
-    run.add_argument("--probe-concurrency", type=int, default=10,
-                     help="SMTP probes running at once across all MailConfigs (default 10)")
+    run.add_argument("--probe-concurrency", type=_positive_int, default=defaults.PROBE_CONCURRENCY, metavar="N",
+                     help="SMTP probes running at once across all MailConfigs (default %(default)s)")
+    run.add_argument("--keycloak-concurrency", type=_positive_int, default=defaults.KEYCLOAK_CONCURRENCY,
+                     metavar="N", help="Keycloak admin API calls in flight at once through each Connection; the "
+                                       "others wait their turn in kcmail (default %(default)s)")
     run.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     run.add_argument("--metrics-address", type=_metrics_address, default=metrics.DEFAULT_ADDRESS,
                      help="serve Prometheus metrics at http://HOST:PORT/metrics; 'off' serves none "

@@ -209,10 +209,14 @@ def tls_context(ca_bundle: str | None, connection_ca_pem: str) -> ssl.SSLContext
 
 
 class KeycloakClients:
-    """One :class:`KeycloakClient` per Connection, rebuilt when its fingerprint changes."""
+    """One :class:`KeycloakClient` per Connection, rebuilt when its fingerprint changes.
 
-    def __init__(self, ca_bundle: str | None = None) -> None:
+    ``concurrency`` bounds the admin calls in flight through each of them.
+    """
+
+    def __init__(self, ca_bundle: str | None = None, *, concurrency: int) -> None:
         self._ca_bundle = ca_bundle
+        self._concurrency = concurrency
         self._clients: dict[ConnectionKey, tuple[str, KeycloakClient]] = {}
 
     async def get(self, connection: ResolvedConnection) -> KeycloakClient:
@@ -223,7 +227,8 @@ class KeycloakClients:
             await held[1].aclose()
         verify: ssl.SSLContext | bool = (
             False if connection.insecure_skip_verify else tls_context(self._ca_bundle, connection.ca_pem))
-        keycloak = KeycloakClient(connection.url, connection.admin_realm, connection.credentials, verify=verify)
+        keycloak = KeycloakClient(connection.url, connection.admin_realm, connection.credentials, verify=verify,
+                                  concurrency=self._concurrency)
         self._clients[connection.key] = (connection.fingerprint, keycloak)
         return keycloak
 

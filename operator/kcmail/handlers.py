@@ -81,7 +81,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
     kube = Kube(load_client_config())
-    clients = KeycloakClients(ca_bundle=OPTIONS.ca_bundle)
+    clients = KeycloakClients(ca_bundle=OPTIONS.ca_bundle, concurrency=OPTIONS.keycloak_concurrency)
     # Token endpoints and SMTP servers are trusted like Keycloak's: system CAs plus the operator's bundle.
     probe_tls = tls_context(OPTIONS.ca_bundle, "")
     probe_http = httpx.AsyncClient(verify=probe_tls, timeout=httpx.Timeout(15.0, connect=10.0))

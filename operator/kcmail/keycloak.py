@@ -22,6 +22,7 @@ from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionError, KeycloakError
 
 from kcmail.conditions import Failure, Reason
+from kcmail.defaults import KEYCLOAK_CONCURRENCY
 from kcmail.smtp_settings import Version, parse_version
 
 
@@ -44,12 +45,6 @@ class AdminCredentials:
 
 
 _TIMEOUT_SECONDS = 15
-# Admin calls in flight to one Keycloak at a time. A thousand MailConfigs applied at once otherwise queue a
-# thousand requests in the HTTP client's pool, where the request timeout runs out (PoolTimeout) before
-# Keycloak has seen them: every one fails as KeycloakUnreachable and retries, over and over. Beyond a few
-# calls in flight Keycloak only gets slower (its realm writes contend for the database), and each extra
-# connection costs a TLS handshake on both sides.
-_CONCURRENT_CALLS = 10
 # The server version changes only with an upgrade; re-reading it now and then is enough to notice one.
 _VERSION_MAX_AGE_SECONDS = 300.0
 
@@ -58,7 +53,7 @@ class KeycloakClient:
     """One admin client per Keycloak connection; its token is reused across reconciles."""
 
     def __init__(self, url: str, admin_realm: str, credentials: AdminCredentials,
-                 verify: bool | str | ssl.SSLContext = True) -> None:
+                 verify: bool | str | ssl.SSLContext = True, *, concurrency: int = KEYCLOAK_CONCURRENCY) -> None:
         # python-keycloak joins paths with urljoin: a base URL with a path prefix needs its trailing /.
         self.url = url.rstrip("/") + "/"
         connection = KeycloakOpenIDConnection(
@@ -66,13 +61,19 @@ class KeycloakClient:
             client_id=credentials.client_id, client_secret_key=credentials.client_secret or None,
             username=credentials.username or None, password=credentials.password or None,
             grant_type="password" if credentials.username else "client_credentials",
-            verify=verify, timeout=_TIMEOUT_SECONDS, pool_maxsize=_CONCURRENT_CALLS,
+            verify=verify, timeout=_TIMEOUT_SECONDS,
         )
+        # Every call the slots let through finds a connection at once: a call waiting in the pool instead would
+        # spend its request timeout there (PoolTimeout) before Keycloak saw it. python-keycloak's own pool keeps
+        # only 20 idle, so with more in flight each burst would close the rest and open them again, a TLS
+        # handshake each on both sides.
+        connection.async_s = httpx.AsyncClient(verify=verify, limits=httpx.Limits(
+            max_connections=concurrency, max_keepalive_connections=concurrency))
         self._admin = KeycloakAdmin(connection=connection)
         self._version: tuple[float, Version] | None = None
         self._token_lock = asyncio.Lock()
         # Waiting for a slot has no deadline; a call that has one keeps its own timeout.
-        self._slots = asyncio.Semaphore(_CONCURRENT_CALLS)
+        self._slots = asyncio.Semaphore(concurrency)
         self._version_read: asyncio.Future[Version] | None = None
 
     async def aclose(self) -> None:

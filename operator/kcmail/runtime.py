@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from kcmail.connections import KeycloakClients
+from kcmail.defaults import KEYCLOAK_CONCURRENCY, PROBE_CONCURRENCY
 from kcmail.kube import Kube, secret_version
 from kcmail.loops import Loops
 from kcmail.reconcile import REQUESTED_AT, Reconciler
@@ -28,7 +29,9 @@ class OperatorOptions:
     ca_bundle: str | None = None
     liveness: str | None = None
     # SMTP connections open at once across all MailConfigs' probes.
-    probe_concurrency: int = 10
+    probe_concurrency: int = PROBE_CONCURRENCY
+    # Admin calls in flight at a time through each Connection's Keycloak client.
+    keycloak_concurrency: int = KEYCLOAK_CONCURRENCY
 
 
 def backoff(attempt: int, interval: datetime.timedelta) -> float:

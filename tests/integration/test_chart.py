@@ -170,6 +170,7 @@ def test_chart_refuses_contradictory_values(helm, devenv, tmp_path):
         "caBundle: set configMap or secret, not both": {"caBundle": {"configMap": "a", "secret": "b"}},
         "watchNamespaces/0": {"watchNamespaces": ["Not_A_Namespace"]},
         "rbac/scope": {"rbac": {"scope": "everything"}},
+        "keycloakConcurrency": {"keycloakConcurrency": 0},
     }
     for message, values in cases.items():
         result = subprocess.run([str(helm), "template", "x", str(CHART), "--kube-version", devenv.kubernetes_version,
@@ -181,7 +182,8 @@ def test_chart_refuses_contradictory_values(helm, devenv, tmp_path):
 
 def test_deployment_runs_one_hardened_replica_with_the_chart_values(helm, devenv, namespaces, tmp_path):
     docs = render(helm, devenv, tmp_path, {"watchNamespaces": ["one", "two"], "caBundle": {"secret": "corp-ca"},
-                                           "probeConcurrency": 3}, release="r", namespace=namespaces.release)
+                                           "probeConcurrency": 3, "keycloakConcurrency": 48},
+                  release="r", namespace=namespaces.release)
     (deployment,) = _of_kind(docs, "Deployment")
     spec = deployment["spec"]
     assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")
@@ -196,6 +198,7 @@ def test_deployment_runs_one_hardened_replica_with_the_chart_values(helm, devenv
     assert set(container["resources"]) == {"requests", "limits"}
     assert container["args"][:2] == ["run", "--liveness=http://0.0.0.0:8081/healthz"]
     assert "--probe-concurrency=3" in container["args"]
+    assert "--keycloak-concurrency=48" in container["args"]
     assert [a for a in container["args"] if a.startswith("--namespace=")] == ["--namespace=one", "--namespace=two"]
     assert "--ca-bundle=/etc/kcmail/ca/ca.crt" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}

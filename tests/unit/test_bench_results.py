@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from bench import report, stats
+from bench import cli, report, stats
 from bench.keycloak_counts import Delta, parse
+from bench.operator_proc import run_args
 from bench.smtp_log import sessions
 from hypothesis import given
 from hypothesis import strategies as st
+
+from kcmail.defaults import KEYCLOAK_CONCURRENCY
 
 pytestmark = pytest.mark.unit
 
@@ -119,3 +122,15 @@ def test_the_cpu_table_puts_the_operator_run_beside_each_floor_run():
     assert "| Run | keycloak | kube-apiserver | operator | total |" in table
     assert "| kcmail (40.0 s) | 30.0 | 25.0 | 20.0 | 75.0 |" in table
     assert "| floor, 32 at a time (20.0 s) | 31.0 | 0.4 | 0.0 | 31.4 |" in table
+
+
+def test_a_keycloak_concurrency_investigation_reaches_the_operator_and_the_results():
+    chosen = cli.chosen_sizes(cli._parser().parse_args(["--keycloak-concurrency", "48"]))
+    # The results record the sizes as they are (results["sizes"]).
+    assert chosen.__dict__["keycloak_concurrency"] == 48
+    assert run_args(probe_concurrency=chosen.probe_concurrency, keycloak_concurrency=48)[-2:] == [
+        "--keycloak-concurrency", "48"]
+    default = cli.chosen_sizes(cli._parser().parse_args(["--quick"]))
+    assert default.__dict__["keycloak_concurrency"] == KEYCLOAK_CONCURRENCY
+    # At the operator's default the operator is started without the flag.
+    assert run_args(probe_concurrency=4, keycloak_concurrency=KEYCLOAK_CONCURRENCY) == ["--probe-concurrency", "4"]
