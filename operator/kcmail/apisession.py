@@ -15,8 +15,8 @@ import kopf
 
 # Requests to the API server at once, besides the watch streams: finalizers, Events, kopf's own patches.
 REQUEST_CONNECTIONS = 16
-# Watch streams per watched namespace (MailConfigs, Secrets, KeycloakConnections and, with peering, kopf's
-# peering objects) and across the cluster (ClusterKeycloakConnections, CRDs, namespaces, cluster peering).
+# Watch streams per watched namespace (MailConfigs, Secrets, KeycloakConnections, and one to spare) and
+# across the cluster (ClusterKeycloakConnections, CRDs, namespaces, and one to spare).
 # A request waits when the pool is full, so the pool must never be full of streams alone.
 STREAMS_PER_NAMESPACE = 4
 CLUSTER_STREAMS = 4

@@ -39,8 +39,9 @@ def _run(args: argparse.Namespace) -> int:
     handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness,
                                        probe_concurrency=args.probe_concurrency,
                                        keycloak_concurrency=args.keycloak_concurrency))
-    kopf.run(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness,
-             standalone=not args.peering)
+    # Standalone: kopf peering would pause only kopf's own handlers, not the MailConfig loops (kcmail.loops),
+    # so one replica runs at a time (the chart's Deployment has one, replaced with Recreate).
+    kopf.run(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness, standalone=True)
     return 0
 
 
@@ -79,8 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", type=_metrics_address, default=metrics.DEFAULT_ADDRESS,
                      help="serve Prometheus metrics at http://HOST:PORT/metrics; 'off' serves none "
                           f"(default {metrics.DEFAULT_ADDRESS})")
-    run.add_argument("--peering", action="store_true",
-                     help="coordinate with other replicas through kopf peering instead of running standalone")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="text lines (default) or one JSON object per line, for log collectors")

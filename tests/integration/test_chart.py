@@ -94,8 +94,8 @@ def value_sets(ns: Namespaces) -> dict[str, dict[str, Any]]:
         "ca-bundle-secret": {"caBundle": {"secret": "corp-ca"}},
         "ca-bundle-configmap-metrics-off": {"caBundle": {"configMap": "corp-ca", "key": "bundle.pem"},
                                             "metrics": {"enabled": False}},
-        "namespaced-peering-debug": {"watchNamespaces": [ns.watched, ns.unwatched], "peering": {"enabled": True},
-                                     "logging": {"level": "debug"}, "rbac": {"scope": "namespaced"}},
+        "namespaced-debug": {"watchNamespaces": [ns.watched, ns.unwatched], "logging": {"level": "debug"},
+                             "rbac": {"scope": "namespaced"}},
     }
 
 

@@ -66,11 +66,6 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
-{{- if .Values.peering.enabled }}
-- apiGroups: [kopf.dev]
-  resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
-{{- end }}
 {{- end -}}
 
 {{/* Rules for cluster-scoped kinds, needed whatever the scope. */}}
