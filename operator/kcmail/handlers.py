@@ -9,7 +9,6 @@ it before the realm is cleared.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import datetime
 import functools
 import logging
@@ -24,7 +23,6 @@ from kcmail import loops, metrics
 from kcmail.apisession import bounded_session, connection_limit
 from kcmail.connections import ConnectionKey, KeycloakClients, normalized_url, secret_refs, tls_context
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube, load_client_config
-from kcmail.loops import Loops
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
@@ -87,7 +85,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     probe_http = httpx.AsyncClient(verify=probe_tls, timeout=httpx.Timeout(15.0, connect=10.0))
     prober = Prober(TokenClient(probe_http), probe_tls, OPTIONS.probe_concurrency)
     _runtime = Runtime(kube=kube, clients=clients, reconciler=Reconciler(kube, clients, prober),
-                       probe_http=probe_http, loops=Loops(contextvars.copy_context()))
+                       probe_http=probe_http)
 
 
 @kopf.on.login()

@@ -29,13 +29,14 @@ log = logging.getLogger("kcmail")
 class Loops:
     """The running loops and the latest state of each MailConfig, keyed by ``namespace/name``.
 
-    ``context`` is the one loops run in: the operator's, taken at start-up, which carries what kopf needs
-    to post Events. Not the context of the event that starts a loop: kopf's context variables there hold
-    the event's whole body, which a task created in it would keep for its lifetime.
+    Every loop runs in a copy of one context: that of the first event that started a loop. kopf sets what
+    its Event poster needs (the operator's Event queue) only while it handles an object, so a loop must
+    start from such a context; but kopf's variables there also hold that event's whole body, and a task
+    (or callback) created in each starting event's own context would keep one body per loop alive.
     """
 
-    def __init__(self, context: contextvars.Context | None = None) -> None:
-        self._context = context if context is not None else contextvars.Context()
+    def __init__(self) -> None:
+        self._context: contextvars.Context | None = None
         self._states: dict[str, bytes] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()
@@ -59,6 +60,8 @@ class Loops:
         if key in self._tasks:
             loop.close()
             return
+        if self._context is None:
+            self._context = contextvars.copy_context()
         task = asyncio.get_running_loop().create_task(loop, name=f"kcmail loop {key}", context=self._context.copy())
         self._tasks[key] = task
         # The callback's context too: by default it would be a copy of the starting event's.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 
@@ -138,3 +139,28 @@ async def test_sleep_ends_at_its_timeout_or_when_woken():
     await asyncio.sleep(0)
     wake.set()
     await asyncio.wait_for(sleeper, 5)
+
+
+async def test_loops_run_in_the_first_starting_events_context_and_keep_no_other():
+    # kopf's context variables carry both what kopf.event needs and the event's body.
+    event_body: contextvars.ContextVar[str] = contextvars.ContextVar("event_body")
+    rt_loops, seen = Loops(), {}
+    wakes = {"first": asyncio.Event(), "second": asyncio.Event()}
+
+    async def loop(key: str) -> None:
+        seen[key] = event_body.get(None)
+        while not rt_loops.stopping(key):
+            wakes[key].clear()
+            await loops.sleep(wakes[key], 30)
+
+    def start_from_event(key: str) -> None:
+        event_body.set(f"body of {key}")
+        rt_loops.start(key, loop(key))
+
+    contextvars.copy_context().run(start_from_event, "first")
+    contextvars.copy_context().run(start_from_event, "second")
+    await asyncio.sleep(0.01)
+
+    assert seen == {"first": "body of first", "second": "body of first"}
+    for key, wake in wakes.items():
+        await asyncio.wait_for(rt_loops.stop(key, wake), 5)
