@@ -59,7 +59,7 @@ class MailConfigObject:
                    annotations=annotations, spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}))
 
     def pack(self) -> bytes:
-        """These fields as compact JSON: what a loop keeps between passes, a tenth of the parsed size."""
+        """These fields as compact JSON: what a loop keeps between passes, far smaller than parsed dicts."""
         return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
 
     @classmethod
