@@ -100,7 +100,7 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession:
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if _runtime is not None:
-        await asyncio.gather(*(_runtime.loops.stop(key, _runtime.waker(key)) for key in _runtime.loops.running_keys()))
+        await asyncio.gather(*(_runtime.stop_loop(key) for key in _runtime.loops.running_keys()))
         await _runtime.clients.aclose()
         await _runtime.probe_http.aclose()
 
@@ -245,14 +245,16 @@ async def _report(rt: Runtime, obj: MailConfigObject, reported: dict[str, Any], 
     if any(reported.get(k) != v for k, v in result.status.items()):
         await rt.kube.patch_status(MAILCONFIGS, obj.name, obj.namespace, result.status)
         reported.update(result.status)
-    if result.events:
-        # What kopf needs to name the object in an Event.
-        ref = {"apiVersion": f"{GROUP}/{VERSION}", "kind": MAILCONFIG_KIND,
-               "metadata": {"namespace": obj.namespace, "name": obj.name, "uid": obj.uid}}
     for event in result.events:
-        kopf.event(ref, type=event.type, reason=event.reason, message=event.message)
+        kopf.event(_event_target(obj), type=event.type, reason=event.reason, message=event.message)
         level = logging.INFO if event.type == "Normal" else logging.WARNING
         log.log(level, "MailConfig %s: %s: %s", obj.id, event.reason, event.message)
+
+
+def _event_target(obj: MailConfigObject) -> dict[str, Any]:
+    """What kopf needs to name the MailConfig in an Event."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": MAILCONFIG_KIND,
+            "metadata": {"namespace": obj.namespace, "name": obj.name, "uid": obj.uid}}
 
 
 # --- what starts, wakes and stops a loop --------------------------------------------------------------
@@ -264,8 +266,7 @@ async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: s
     rt = runtime()
     key = f"{namespace}/{name}"
     if type == "DELETED":
-        await rt.loops.stop(key, rt.waker(key))
-        rt.forget(key)
+        await rt.stop_loop(key)
         # The owner of a realm is gone: the next claim in line takes over at once.
         for peer_ns, peer_name, *_rest in realm_claims.get(spec.get("realm", ""), []):
             rt.wake(f"{peer_ns}/{peer_name}")
@@ -336,7 +337,7 @@ async def mailconfig_deleted(body: kopf.Body, realm_claims: kopf.Index, namespac
     rt = runtime()
     obj = MailConfigObject.from_body(body)
     # Its loop first: a pass in flight must not write the realm while it is being cleared.
-    await rt.loops.stop(obj.id, rt.waker(obj.id))
+    await rt.stop_loop(obj.id)
     result = await rt.reconciler.finalize(
         obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
     await _report(rt, obj, dict(obj.status), result)

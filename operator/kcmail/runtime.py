@@ -57,6 +57,11 @@ class Runtime:
         self._wakers.pop(key, None)
         self._seen.pop(key, None)
 
+    async def stop_loop(self, key: str) -> None:
+        """Stop a MailConfig's loop (its pass in flight may finish) and drop what is kept for it."""
+        await self.loops.stop(key, self.waker(key))
+        self.forget(key)
+
     def wake(self, key: str) -> None:
         # Kept even before the loop exists: a Secret listed at start-up may arrive before its loop starts.
         self.waker(key).set()

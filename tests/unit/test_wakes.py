@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from kcmail import loops
 from kcmail.kube import secret_version
 from kcmail.runtime import Runtime, first_pass_can_wait, secret_is_news
 
@@ -74,3 +77,22 @@ def test_after_a_start_only_a_ready_current_mailconfig_waits_for_its_slot():
     assert not first_pass_can_wait({}, 1, {})  # never reconciled
     assert not first_pass_can_wait(_status(), 2, {"kcmail.io/requested-at": "t1"})  # a pass was asked for
     assert first_pass_can_wait(_status(handled="t1"), 2, {"kcmail.io/requested-at": "t1"})
+
+
+async def test_stopping_a_loop_ends_it_and_forgets_its_waker_and_state():
+    rt = _runtime()
+    rt.loops.keep("ns/mail", {"metadata": {"namespace": "ns", "name": "mail", "uid": "u", "generation": 1}})
+    waker = rt.waker("ns/mail")
+
+    async def loop() -> None:
+        while not rt.loops.stopping("ns/mail"):
+            waker.clear()
+            await loops.sleep(waker, 30)
+
+    rt.loops.start("ns/mail", loop())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(rt.stop_loop("ns/mail"), 5)
+
+    assert not rt.loops.running("ns/mail")
+    assert rt.loops.latest("ns/mail") is None
+    assert rt.waker("ns/mail") is not waker  # a fresh signal for a MailConfig of the same name
