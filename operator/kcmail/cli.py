@@ -11,8 +11,29 @@ from kcmail import defaults, metrics, probe_cli
 from kcmail.adopt import cli as adopt_cli
 
 
+def import_kopf_alone() -> None:
+    """Import kopf and make its handler registry without loading the kubernetes client library.
+
+    kopf imports the library whenever it is installed, to recognise its model objects (which kcmail never
+    hands to kopf), and its default registry loads it to offer a login through it (kcmail has its own,
+    ``handlers.login``). That would cost the operator about 12 MiB. While a ``None`` stands in
+    ``sys.modules``, importing the library fails as if it were absent; it is taken out again afterwards,
+    so that a login through a kubeconfig's exec plugin can still load it (``apisession.login_info``).
+    """
+    if "kopf" in sys.modules or "kubernetes" in sys.modules:
+        return
+    sys.modules["kubernetes"] = None  # type: ignore[assignment]
+    try:
+        import kopf
+
+        kopf.set_default_registry(kopf.OperatorRegistry())
+    finally:
+        del sys.modules["kubernetes"]
+
+
 def _run(args: argparse.Namespace) -> int:
     # Imported here: kopf registers its handlers on import, which only `run` wants.
+    import_kopf_alone()
     import kopf
 
     from kcmail import handlers

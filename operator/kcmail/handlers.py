@@ -20,9 +20,9 @@ import httpx
 import kopf
 
 from kcmail import loops, metrics
-from kcmail.apisession import bounded_session, connection_limit
+from kcmail.apisession import bounded_session, connection_limit, login_info
 from kcmail.connections import ConnectionKey, KeycloakClients, normalized_url, secret_refs, tls_context
-from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube, load_client_config
+from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
@@ -78,7 +78,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
-    kube = Kube(load_client_config())
+    kube = Kube()
     clients = KeycloakClients(ca_bundle=OPTIONS.ca_bundle, concurrency=OPTIONS.keycloak_concurrency)
     # Token endpoints and SMTP servers are trusted like Keycloak's: system CAs plus the operator's bundle.
     probe_tls = tls_context(OPTIONS.ca_bundle, "")
@@ -90,11 +90,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.login()
 async def login(**kwargs: Any) -> kopf.AiohttpSession:
-    # kopf's own reading of the kubeconfig or service account, in a session with a bounded pool.
-    info = kopf.login_via_client(**kwargs)
-    if info is None:
-        raise kopf.LoginError("the kubernetes client library cannot be imported")
-    return bounded_session(info, connection_limit(OPTIONS.namespaces))
+    # One session with a bounded pool carries kopf's requests and kcmail's own (kcmail.kube).
+    context = bounded_session(login_info(**kwargs), connection_limit(OPTIONS.namespaces))
+    runtime().kube.use(context.aiohttp_session, context.server)
+    return context
 
 
 @kopf.on.cleanup()

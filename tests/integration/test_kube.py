@@ -1,33 +1,44 @@
-"""kcmail.kube against the real API server: the four requests a reconcile makes, their 404s and errors."""
+"""kcmail.kube against the real API server: the four requests a reconcile makes, their 404s and errors.
+
+Each call runs on the session the operator's login builds from the environment's kubeconfig.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
-from kubernetes import config
-from kubernetes.client.exceptions import ApiException
 
+from kcmail.apisession import logged_in_kube
 from kcmail.devenv import operator_env
 from kcmail.devenv.environment import Environment
-from kcmail.kube import MAILCONFIGS, PLURALS, Kube
+from kcmail.kube import MAILCONFIGS, PLURALS, Kube, KubeError
 from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.integration
 
+T = TypeVar("T")
+Call = Callable[[Callable[[Kube], Awaitable[T]]], T]
+
 
 @pytest.fixture(scope="module")
-def kube(devenv: Environment) -> Iterator[Kube]:
+def kube(devenv: Environment) -> Iterator[Call[Any]]:
+    """Runs one coroutine on a Kube logged in as the operator logs in (the kubeconfig, no client library)."""
     operator_env.install_crds(devenv)
-    api = config.new_client_from_config(config_file=str(devenv.kubeconfig))
-    try:
-        yield Kube(api)
-    finally:
-        api.close()
+
+    def call(use: Callable[[Kube], Awaitable[T]]) -> T:
+        async def run() -> T:
+            async with logged_in_kube() as kube:
+                return await use(kube)
+        return asyncio.run(run())
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBECONFIG", str(devenv.kubeconfig))
+        yield call
 
 
 @pytest.fixture
@@ -49,37 +60,37 @@ def _get(devenv: Environment, *args: str) -> dict[str, Any]:
     return parsed
 
 
-def test_secret_values_and_version(devenv: Environment, kube: Kube, namespace: str) -> None:
+def test_secret_values_and_version(devenv: Environment, kube: Call[Any], namespace: str) -> None:
     values = {"client-id": "app", "client-secret": "s3 cr=t"}
     operator_env.apply(devenv, operator_env.secret(namespace, "oauth", values))
     meta = _get(devenv, "secret", "oauth", "-n", namespace)["metadata"]
 
-    secret = asyncio.run(kube.secret(namespace, "oauth"))
+    secret = kube(lambda k: k.secret(namespace, "oauth"))
 
     assert secret is not None
     assert dict(secret.data) == values
     assert secret.version == f"{meta['uid']}/{meta['resourceVersion']}"
     assert "s3 cr=t" not in repr(secret)
-    assert asyncio.run(kube.secret(namespace, "absent")) is None
+    assert kube(lambda k: k.secret(namespace, "absent")) is None
 
 
-def test_namespace_labels(kube: Kube, namespace: str) -> None:
-    labels = asyncio.run(kube.namespace_labels(namespace))
+def test_namespace_labels(kube: Call[Any], namespace: str) -> None:
+    labels = kube(lambda k: k.namespace_labels(namespace))
 
     assert labels["team"] == "mail"
     assert labels["tier"] == "gold"
-    with pytest.raises(ApiException) as raised:
-        asyncio.run(kube.namespace_labels(f"{namespace}-absent"))
+    with pytest.raises(KubeError) as raised:
+        kube(lambda k: k.namespace_labels(f"{namespace}-absent"))
     assert raised.value.status == 404
 
 
-def test_connections_of_both_kinds(devenv: Environment, kube: Kube, namespace: str) -> None:
+def test_connections_of_both_kinds(devenv: Environment, kube: Call[Any], namespace: str) -> None:
     cluster_name = f"{namespace}-cluster"
     operator_env.apply(devenv, *operator_env.keycloak_connection(devenv, namespace, "local"),
                        operator_env.cluster_connection(devenv, cluster_name))
     try:
-        local = asyncio.run(kube.connection(ConnectionKind.NAMESPACED, "local", namespace))
-        cluster = asyncio.run(kube.connection(ConnectionKind.CLUSTER, cluster_name, None))
+        local = kube(lambda k: k.connection(ConnectionKind.NAMESPACED, "local", namespace))
+        cluster = kube(lambda k: k.connection(ConnectionKind.CLUSTER, cluster_name, None))
     finally:
         operator_env.kubectl(devenv, "delete", PLURALS[ConnectionKind.CLUSTER], cluster_name)
 
@@ -88,16 +99,16 @@ def test_connections_of_both_kinds(devenv: Environment, kube: Kube, namespace: s
     assert local["metadata"]["namespace"] == namespace
     assert local["spec"]["url"] == devenv.keycloak_url
     assert cluster["metadata"]["name"] == cluster_name
-    assert asyncio.run(kube.connection(ConnectionKind.NAMESPACED, "absent", namespace)) is None
-    assert asyncio.run(kube.connection(ConnectionKind.CLUSTER, f"{cluster_name}-absent", None)) is None
+    assert kube(lambda k: k.connection(ConnectionKind.NAMESPACED, "absent", namespace)) is None
+    assert kube(lambda k: k.connection(ConnectionKind.CLUSTER, f"{cluster_name}-absent", None)) is None
 
 
-def test_patch_status_merges_into_the_status_only(devenv: Environment, kube: Kube, namespace: str) -> None:
+def test_patch_status_merges_into_the_status_only(devenv: Environment, kube: Call[Any], namespace: str) -> None:
     operator_env.apply(devenv, operator_env.xoauth2_mailconfig(devenv, namespace, "mail", "acme", secret_name="x"))
     before = _get(devenv, "mailconfig", "mail", "-n", namespace)
 
-    asyncio.run(kube.patch_status(MAILCONFIGS, "mail", namespace, {"observedGeneration": 1}))
-    asyncio.run(kube.patch_status(MAILCONFIGS, "mail", namespace, {"appliedSecretVersion": "u/1"}))
+    kube(lambda k: k.patch_status(MAILCONFIGS, "mail", namespace, {"observedGeneration": 1}))
+    kube(lambda k: k.patch_status(MAILCONFIGS, "mail", namespace, {"appliedSecretVersion": "u/1"}))
 
     after = _get(devenv, "mailconfig", "mail", "-n", namespace)
     assert after["status"]["observedGeneration"] == 1
@@ -106,14 +117,18 @@ def test_patch_status_merges_into_the_status_only(devenv: Environment, kube: Kub
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
 
 
-def test_errors_other_than_not_found_are_raised(devenv: Environment, kube: Kube, namespace: str) -> None:
+def test_errors_other_than_not_found_are_raised(devenv: Environment, kube: Call[Any], namespace: str) -> None:
     operator_env.apply(devenv, operator_env.xoauth2_mailconfig(devenv, namespace, "mail", "acme", secret_name="x"))
 
-    with pytest.raises(ApiException) as raised:
+    with pytest.raises(KubeError) as raised:
         # The CRD's status schema rejects a string where it wants an integer.
-        asyncio.run(kube.patch_status(MAILCONFIGS, "mail", namespace, {"observedGeneration": "one"}))
+        kube(lambda k: k.patch_status(MAILCONFIGS, "mail", namespace, {"observedGeneration": "one"}))
 
     assert raised.value.status == 422
-    with pytest.raises(ApiException) as missing:
-        asyncio.run(kube.patch_status(MAILCONFIGS, "absent", namespace, {"observedGeneration": 1}))
+    # The API server's own message says what it refused.
+    path = f"/apis/kcmail.io/v1alpha1/namespaces/{namespace}/mailconfigs/mail/status"
+    assert f"PATCH {path}: HTTP 422" in str(raised.value)
+    assert "observedGeneration" in str(raised.value)
+    with pytest.raises(KubeError) as missing:
+        kube(lambda k: k.patch_status(MAILCONFIGS, "absent", namespace, {"observedGeneration": 1}))
     assert missing.value.status == 404

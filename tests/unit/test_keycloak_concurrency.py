@@ -119,7 +119,6 @@ async def test_the_started_operator_gives_each_connection_client_its_configured_
     fake, url = keycloak
     monkeypatch.setattr(handlers, "OPTIONS", OperatorOptions(keycloak_concurrency=7))
     monkeypatch.setattr(handlers, "_runtime", None)
-    monkeypatch.setattr(handlers, "load_client_config", lambda: None)  # no Kubernetes call is made here
     await handlers.startup(settings=kopf.OperatorSettings())
     try:
         client = await handlers.runtime().clients.get(ResolvedConnection(

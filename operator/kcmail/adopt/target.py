@@ -6,7 +6,6 @@ the cluster (``--connection``, through ``$KUBECONFIG``), or a URL with admin cre
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ssl
 import sys
 from dataclasses import dataclass, field
@@ -112,30 +111,27 @@ def from_url(args: argparse.Namespace) -> Target:
 
 
 async def from_connection(ref: ConnectionRef, namespace: str | None, ca_bundle: Path | None) -> Target:
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.config import ConfigException
-    from urllib3.exceptions import HTTPError
+    import aiohttp
+    import kopf
 
+    from kcmail.apisession import logged_in_kube
     from kcmail.connections import ConnectionFailure, resolve
-    from kcmail.kube import Kube, load_client_config
+    from kcmail.kube import KubeError
 
     if ref.kind is ConnectionKind.NAMESPACED and not namespace:
         raise TargetError(f"{ref.kind.value} {ref.name} is namespaced: give its --namespace")
     try:
-        api = load_client_config()
-    except ConfigException as error:
+        async with logged_in_kube() as kube:
+            resolved = await resolve(kube, ref.kind, ref.name, namespace or "")
+    except kopf.LoginError as error:
         raise TargetError(f"no cluster to read {ref.kind.value} {ref.name} from: {error}") from None
-    try:
-        resolved = await resolve(Kube(api), ref.kind, ref.name, namespace or "")
     except ConnectionFailure as error:
         raise TargetError(f"{error.failure.reason.value}: {error.failure.message}") from None
-    except ApiException as error:
+    except KubeError as error:
         raise TargetError(f"the cluster refused to show {ref.kind.value} {ref.name} or its Secrets: "
-                          f"{error.status} {error.reason}") from None
-    except (HTTPError, OSError) as error:
+                          f"{error}") from None
+    except (aiohttp.ClientError, OSError) as error:
         raise TargetError(f"cannot reach the cluster: {error}") from None
-    finally:
-        await asyncio.to_thread(api.close)
     verify = False if resolved.insecure_skip_verify else trust(ca_bundle, resolved.ca_pem)
     return Target(url=resolved.url, admin_realm=resolved.admin_realm, credentials=resolved.credentials,
                   verify=verify, connection=ref)
