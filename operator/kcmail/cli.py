@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
 from kcmail import defaults, metrics, probe_cli
 from kcmail.adopt import cli as adopt_cli
+
+# RFC 1123 label, as Kubernetes requires of a namespace's name.
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def import_kopf_alone() -> None:
@@ -73,6 +77,14 @@ def _metrics_address(value: str) -> tuple[str, int] | None:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _namespace(value: str) -> str:
+    """A namespace's exact name: a pattern would watch nothing (kcmail's Secret watch asks for this name)."""
+    if not NAMESPACE_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a namespace name (lower-case letters, digits and "
+                                         "'-', at most 63, starting and ending with a letter or digit)")
+    return value
+
+
 def _positive_int(value: str) -> int:
     """A bound on work at once: 0 or less would let nothing through."""
     problem = f"needs a whole number of 1 or more, not {value!r}"
@@ -89,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kcmail", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     run = subparsers.add_parser("run", help="run the operator")
-    run.add_argument("-n", "--namespace", action="append",
+    run.add_argument("-n", "--namespace", action="append", type=_namespace,
                      help="watch only this namespace (repeat for several); default: all namespaces")
     run.add_argument("--ca-bundle", help="PEM file of extra CAs trusted for Keycloak, token endpoints and SMTP")
     run.add_argument("--probe-concurrency", type=_positive_int, default=defaults.PROBE_CONCURRENCY, metavar="N",

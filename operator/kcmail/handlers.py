@@ -13,6 +13,7 @@ import datetime
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from kcmail.probes import Prober
 from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
 from kcmail.runtime import OperatorOptions, Runtime, backoff, first_pass_can_wait, secret_is_news
 from kcmail.schedule import phase, seconds_to_next_pass
+from kcmail.secretwatch import SecretEvent, SecretEventType, SecretWatch
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
 
 OPTIONS = OperatorOptions()
@@ -99,6 +101,9 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession:
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if _runtime is not None:
+        if _runtime.secret_watch is not None:
+            _runtime.secret_watch.cancel()
+            await asyncio.gather(_runtime.secret_watch, return_exceptions=True)
         await asyncio.gather(*(_runtime.stop_loop(key) for key in _runtime.loops.running_keys()))
         await _runtime.clients.aclose()
         await _runtime.probe_http.aclose()
@@ -261,8 +266,9 @@ def _event_target(obj: MailConfigObject) -> dict[str, Any]:
 @kopf.on.event(GROUP, VERSION, MAILCONFIGS)
 async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any, meta: Any,
                              realm_claims: kopf.Index, namespaced_urls: kopf.Index, cluster_urls: kopf.Index,
-                             **_: Any) -> None:
+                             **kwargs: Any) -> None:
     rt = runtime()
+    _watch_secrets(rt, kwargs)
     key = f"{namespace}/{name}"
     if type == "DELETED":
         await rt.stop_loop(key)
@@ -278,36 +284,62 @@ async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: s
         rt.loops.start(key, mailconfig_loop(rt, key, Indices(realm_claims, namespaced_urls, cluster_urls)))
 
 
-@kopf.on.event("", "v1", "secrets")
-async def secret_changed(namespace: str, name: str, meta: Any, type: str | None, secret_users: kopf.Index,
-                         connection_users: kopf.Index, namespaced_connection_secrets: kopf.Index,
-                         cluster_connection_secrets: kopf.Index, **_: Any) -> None:
+@dataclass(frozen=True)
+class SecretIndices:
+    """The indices that say who refers to a Secret: kopf's live views, complete once handlers run."""
+
+    secret_users: kopf.Index
+    connection_users: kopf.Index
+    namespaced_connection_secrets: kopf.Index
+    cluster_connection_secrets: kopf.Index
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> SecretIndices:
+        """From a handler's keyword arguments: kopf hands every index to every handler by its name."""
+        return cls(**{name: kwargs[name] for name in cls.__dataclass_fields__})
+
+
+def _watch_secrets(rt: Runtime, kwargs: Mapping[str, Any]) -> None:
+    """Start the Secret watch (kcmail.secretwatch) with the first object kopf hands to a handler.
+
+    kopf calls handlers only once every index is complete, so a Secret listed then finds every MailConfig
+    and Connection that refers to it. With neither in the cluster, no Secret matters yet.
+    """
+    if rt.secret_watch is None:
+        on_event = functools.partial(secret_changed, rt, SecretIndices.of(kwargs))
+        # The task keeps a copy of this handler's context, and so one object's body: as the loops do.
+        rt.secret_watch = asyncio.create_task(SecretWatch(rt.kube, OPTIONS.namespaces, on_event).run(),
+                                              name="kcmail: Secret watch")
+
+
+async def secret_changed(rt: Runtime, indices: SecretIndices, event: SecretEvent) -> None:
     # Every Secret in the watched namespaces streams through here; only referenced ones matter.
-    rt = runtime()
-    for user, applied in secret_users.get((namespace, name), []):
-        if secret_is_news(meta.get("uid", ""), meta.get("resourceVersion", ""), applied):
+    for user, applied in indices.secret_users.get((event.namespace, event.name), []):
+        if secret_is_news(event.uid, event.resource_version, applied):
             rt.wake(user)
-    if type is None:
+    if event.type is SecretEventType.LISTED:
         # Listed at start-up: each Connection's own start-up check and each loop's first pass read it.
         return
     # A Connection's admin credentials or CA: fixing them must not wait for the next timer or interval.
-    for index in (namespaced_connection_secrets, cluster_connection_secrets):
-        for key in index.get((namespace, name), []):
+    for index in (indices.namespaced_connection_secrets, indices.cluster_connection_secrets):
+        for key in index.get((event.namespace, event.name), []):
             rt.reconciler.connections.forget(_connection_key(key))
             await _recheck_connection(rt, key)
-            for user in connection_users.get(key, []):
+            for user in indices.connection_users.get(key, []):
                 rt.wake(user)
 
 
 @kopf.on.event(GROUP, VERSION, "keycloakconnections")
 async def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, type: str | None,
-                                        connection_users: kopf.Index, **_: Any) -> None:
+                                        connection_users: kopf.Index, **kwargs: Any) -> None:
+    _watch_secrets(runtime(), {"connection_users": connection_users, **kwargs})
     _wake_users(body, type, connection_users, (ConnectionKind.NAMESPACED.value, namespace, name))
 
 
 @kopf.on.event(GROUP, VERSION, "clusterkeycloakconnections")
 async def cluster_connection_changed(body: kopf.Body, name: str, type: str | None,
-                                     connection_users: kopf.Index, **_: Any) -> None:
+                                     connection_users: kopf.Index, **kwargs: Any) -> None:
+    _watch_secrets(runtime(), {"connection_users": connection_users, **kwargs})
     _wake_users(body, type, connection_users, (ConnectionKind.CLUSTER.value, None, name))
 
 

@@ -14,7 +14,7 @@ import base64
 import json
 import logging
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,9 @@ def secret_version(uid: str, resource_version: str) -> str:
     return f"{uid}/{resource_version}"
 
 
+# Asked for in Accept: the objects' metadata only (PartialObjectMetadata), never a Secret's data.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # kcmail's own requests at once, so that kopf's patches and Events keep the rest of the session's pool.
 CONCURRENT_REQUESTS = 8
 # Waiting for a pooled connection counts as connecting; a read that stalls this long is given up and retried.
@@ -100,6 +103,37 @@ class Kube:
         await self._call("PATCH", custom_object_path(plural, name, namespace) + "/status",
                          body={"status": dict(status)}, content_type="application/merge-patch+json")
 
+    async def list_metadata(self, path: str, *, limit: int, continue_token: str | None) -> dict[str, Any]:
+        """One page of the objects under ``path``, metadata only."""
+        query = {"limit": str(limit), **({"continue": continue_token} if continue_token else {})}
+        parsed: dict[str, Any] = json.loads(await self._call("GET", f"{path}?{urllib.parse.urlencode(query)}",
+                                                             accept=METADATA_LIST))
+        return parsed
+
+    async def watch_metadata(self, path: str, *, resource_version: str,
+                             timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:
+        """The watch events after ``resource_version``, metadata only, until the API server ends the watch.
+
+        A watch is long-lived: it does not count against the bound on requests at once.
+        """
+        query = urllib.parse.urlencode({"watch": "true", "resourceVersion": resource_version,
+                                        "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)})
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
+        async with self._session_now().get(f"{self._server}{path}?{query}", headers={"Accept": METADATA},
+                                           timeout=timeout) as response:
+            if not 200 <= response.status <= 299:
+                raise KubeError("GET", path, response.status, _message(await response.read(), response.reason))
+            rest = b""
+            async for chunk in response.content.iter_any():
+                lines, rest = parse_lines(rest + chunk)
+                for line in lines:
+                    yield line
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("kopf has not logged in to the Kubernetes API yet")
+        return self._session
+
     async def _read(self, path: str) -> dict[str, Any] | None:
         """The object at ``path`` as parsed JSON, or ``None`` when the API server answers 404."""
         try:
@@ -112,15 +146,13 @@ class Kube:
         return parsed
 
     async def _call(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
-                    content_type: str | None = None) -> bytes:
-        if self._session is None:
-            raise RuntimeError("kopf has not logged in to the Kubernetes API yet")
-        headers = {"Accept": "application/json"}
+                    content_type: str | None = None, accept: str = "application/json") -> bytes:
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         payload = None if body is None else json.dumps(body).encode()
-        async with self._limit, self._session.request(method, self._server + path, data=payload, headers=headers,
-                                                      timeout=TIMEOUT) as response:
+        async with self._limit, self._session_now().request(method, self._server + path, data=payload,
+                                                            headers=headers, timeout=TIMEOUT) as response:
             data = await response.read()
             # The path only: it names objects, never what they hold (-v shows it).
             log.debug("%s %s: HTTP %d", method, path, response.status)
@@ -148,3 +180,9 @@ def custom_object_path(plural: str, name: str, namespace: str | None) -> str:
 def _segment(value: str) -> str:
     # Kubernetes names cannot hold "/" or "?", but a path is never built from an unchecked string.
     return urllib.parse.quote(value, safe="")
+
+
+def parse_lines(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
+    """The complete JSON lines of a watch stream at the start of ``buffer``, and the incomplete rest."""
+    *lines, rest = buffer.split(b"\n")
+    return [json.loads(line) for line in lines if line.strip()], rest

@@ -46,6 +46,8 @@ class Runtime:
     reconciler: Reconciler
     probe_http: httpx.AsyncClient
     loops: Loops = field(default_factory=Loops)
+    # kcmail.secretwatch, started with the first object kopf hands to a handler.
+    secret_watch: asyncio.Task[None] | None = None
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _connection_generations: dict[tuple[Any, ...], Any] = field(default_factory=dict)

@@ -25,8 +25,10 @@ from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, w
 
 pytestmark = pytest.mark.e2e
 
-NAMESPACED_KINDS = {"mailconfigs.v1alpha1.kcmail.io", "keycloakconnections.v1alpha1.kcmail.io", "secrets.v1"}
+NAMESPACED_KINDS = {"mailconfigs.v1alpha1.kcmail.io", "keycloakconnections.v1alpha1.kcmail.io"}
 WATCH_STARTED = re.compile(r"Starting the watch-stream for (\S+) (?:in '([^']+)'|(cluster-wide))")
+# kcmail's own watch of the Secrets' metadata (kcmail.secretwatch), not kopf's.
+SECRET_WATCH = re.compile(r"Secret watch (\S+): listing")
 
 
 @dataclass
@@ -110,6 +112,8 @@ def test_run_with_namespace_watches_only_that_namespace(kcmail_installed, namesp
     # cluster-scoped Connection kind can only be watched cluster-wide.
     assert {(kind, where) for kind, where in watches if kind in NAMESPACED_KINDS} == {
         (kind, own) for kind in NAMESPACED_KINDS}, sorted(watches)
+    assert not any(kind.startswith("secrets") for kind, _ in watches), sorted(watches)
+    assert set(SECRET_WATCH.findall(log)) == {f"/api/v1/namespaces/{own}/secrets"}
     # It reads cluster-scoped Connections wherever they are, but nothing of the other namespace.
     assert other not in log
 

@@ -96,3 +96,41 @@ async def test_stopping_a_loop_ends_it_and_forgets_its_waker_and_state():
     assert not rt.loops.running("ns/mail")
     assert rt.loops.latest("ns/mail") is None
     assert rt.waker("ns/mail") is not waker  # a fresh signal for a MailConfig of the same name
+
+
+class _ForgettingConnections:
+    def __init__(self) -> None:
+        self.forgotten: list[object] = []
+
+    def forget(self, key: object) -> None:
+        self.forgotten.append(key)
+
+
+@pytest.mark.parametrize(("event_type", "rechecked"), [("LISTED", False), ("RELISTED", True), ("MODIFIED", True)])
+async def test_a_secret_event_wakes_its_users_with_news_and_rechecks_its_connection_unless_listed(
+        event_type: str, rechecked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kcmail import handlers
+    from kcmail.secretwatch import SecretEvent, SecretEventType
+
+    rt = _runtime()
+    rt.reconciler = type("Reconciler", (), {"connections": _ForgettingConnections()})()  # type: ignore[assignment]
+    checked: list[tuple[object, ...]] = []
+
+    async def recheck(runtime: Runtime, key: tuple[object, ...]) -> None:
+        checked.append(key)
+
+    monkeypatch.setattr(handlers, "_recheck_connection", recheck)
+    indices = handlers.SecretIndices(
+        secret_users={("mail", "current"): [("mail/a", secret_version("uid-c", "7"))],
+                      ("mail", "rotated"): [("mail/b", secret_version("uid-r", "7"))]},
+        connection_users={CONNECTION: ["mail/c"]},
+        namespaced_connection_secrets={}, cluster_connection_secrets={("mail", "admin"): [CONNECTION]})
+
+    # "rotated" is at a version its MailConfig has not applied; "current" at the one it has.
+    for name, uid, version in (("current", "uid-c", "7"), ("rotated", "uid-r", "8"), ("admin", "uid-a", "3"),
+                               ("unrelated", "uid-u", "1")):
+        await handlers.secret_changed(rt, indices, SecretEvent(SecretEventType(event_type), "mail", name, uid, version))
+
+    assert [key for key in ("mail/a", "mail/b", "mail/c") if rt.waker(key).is_set()] == (
+        ["mail/b", "mail/c"] if rechecked else ["mail/b"])
+    assert checked == ([CONNECTION] if rechecked else [])
