@@ -94,6 +94,11 @@ def watch_step(line: Mapping[str, Any]) -> tuple[str, SecretEvent | None]:
     return version, event_of(event_type, obj)
 
 
+def is_gone(error: Exception) -> bool:
+    """The watch's version is gone: in a watch event, or as the answer to the watch request itself."""
+    return isinstance(error, WatchGone) or getattr(error, "status", None) == GONE
+
+
 def retry_delay(failures: int) -> float:
     return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MAX_SECONDS)
 
@@ -117,9 +122,10 @@ class SecretWatch:
                 listed, failures = True, 0
                 while True:
                     version = await self._watch(path, version)
-            except WatchGone:
-                log.debug("Secret watch %s: its version is gone, listing again", path)
             except Exception as error:  # the watch outlives any one failure
+                if is_gone(error):
+                    log.debug("Secret watch %s: its version is gone, listing again", path)
+                    continue
                 failures += 1
                 delay = retry_delay(failures)
                 log.warning("Secret watch %s failed, listing again in %.0f s: %s: %s", path, delay,

@@ -7,13 +7,14 @@ test_secret_watch.py runs the watch against the real API server.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from kcmail import cli, handlers, secretwatch
-from kcmail.kube import parse_lines
+from kcmail.kube import KubeError, parse_lines
 from kcmail.secretwatch import SecretEvent, SecretEventType, SecretWatch, WatchGone, secrets_path, watch_step
 
 
@@ -94,6 +95,18 @@ async def test_a_gone_version_lists_again_and_says_so() -> None:
 
     assert [e.type.value for e in events] == ["LISTED", "LISTED", "RELISTED", "RELISTED"]
     assert api.watched_from == ["20", "20"]
+
+
+async def test_a_gone_answer_to_the_watch_request_lists_again_without_a_failure(
+        caplog: pytest.LogCaptureFixture) -> None:
+    api = ApiDouble(PAGES, [KubeError("GET", "/api/v1/namespaces/mail/secrets", 410, "too old resource version")])
+
+    with caplog.at_level(logging.DEBUG, logger=secretwatch.__name__):
+        events = await _run(api)
+
+    assert [e.type.value for e in events] == ["LISTED", "LISTED", "RELISTED", "RELISTED"]
+    assert [r.levelno for r in caplog.records if "failed" in r.getMessage()] == []
+    assert any("version is gone" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_failure_starts_over_after_a_delay(monkeypatch: pytest.MonkeyPatch) -> None:
