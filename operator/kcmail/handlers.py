@@ -1,4 +1,5 @@
-"""kopf registrations only: settings, indices, the per-MailConfig loop and the events that wake it.
+"""kopf registrations: settings, indices, the per-MailConfig loop and the events that wake it, including
+the Secret events of kcmail's own watch (kcmail.secretwatch), which need kopf's indices.
 
 Each MailConfig has one loop that runs the reconcile, so reconciles of one object never overlap; it is
 kcmail's own task (kcmail.loops says why it is not a kopf daemon). Its events start it, events of what it
