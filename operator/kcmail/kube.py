@@ -3,7 +3,7 @@
 Reads return typed values or ``None`` for "not found"; a Secret's values never appear in a ``repr``.
 
 The official client library is not used in the operator process: kopf imports it whenever it can, which
-costs the operator about 12 MiB for four requests. kopf's login gives the credentials, and
+costs the operator about 12 MiB for a few requests. kopf's login gives the credentials, and
 the bounded aiohttp session built from them (``apisession``) carries kopf's requests and these alike.
 """
 
@@ -66,7 +66,7 @@ class KubeError(Exception):
 
 
 class Kube:
-    """Four requests on the current session of kopf's login (its server, TLS and credentials).
+    """kcmail's own requests on the current session of kopf's login (its server, TLS and credentials).
 
     ``use`` is called by the login handler with every session it builds: kopf logs in again when the API
     server refuses its credentials, and closes the session it replaces.
