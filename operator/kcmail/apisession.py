@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -60,6 +61,15 @@ def bounded_session(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSessio
     )
     return kopf.AiohttpSession(server=info.server, default_namespace=info.default_namespace,
                                expiration=info.expiration, priority=info.priority, aiohttp_session=session)
+
+
+# Where Kubernetes mounts a pod's service-account token (kopf's login_with_service_account reads it there).
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def rotating_token_file() -> Path | None:
+    """The token file ``login_info`` took the token from, if it did: the kubelet replaces that token."""
+    return SERVICE_ACCOUNT_TOKEN if SERVICE_ACCOUNT_TOKEN.exists() else None
 
 
 def login_info(**kwargs: Any) -> kopf.ConnectionInfo:

@@ -22,7 +22,7 @@ import httpx
 import kopf
 
 from kcmail import loops, metrics
-from kcmail.apisession import bounded_session, connection_limit, login_info
+from kcmail.apisession import bounded_session, connection_limit, login_info, rotating_token_file
 from kcmail.connections import ConnectionKey, KeycloakClients, normalized_url, secret_refs, tls_context
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube
 from kcmail.oauth import TokenClient
@@ -95,7 +95,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def login(**kwargs: Any) -> kopf.AiohttpSession:
     # One session with a bounded pool carries kopf's requests and kcmail's own (kcmail.kube).
     context = bounded_session(login_info(**kwargs), connection_limit(OPTIONS.namespaces))
-    runtime().kube.use(context.aiohttp_session, context.server)
+    runtime().kube.use(context.aiohttp_session, context.server, token_file=rotating_token_file())
     return context
 
 

@@ -16,6 +16,7 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -65,6 +66,29 @@ class KubeError(Exception):
         self.status = status
 
 
+class TokenFile:
+    """A bearer token in a file that is replaced before the token expires: a pod's service-account token.
+
+    kopf reads the token once, at login, and logs in again when the API server refuses it; kcmail's own
+    requests read the file again whenever it has changed, so they never carry an expired token.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self._path)!r})"
+
+    def header(self) -> dict[str, str]:
+        info = self._path.stat()
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp != self._stamp:
+            self._token, self._stamp = self._path.read_text(encoding="utf-8").strip(), stamp
+        return {"Authorization": f"Bearer {self._token}"}
+
+
 class Kube:
     """kcmail's own requests on the current session of kopf's login (its server, TLS and credentials).
 
@@ -75,10 +99,13 @@ class Kube:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
+        self._token: TokenFile | None = None
         self._limit = asyncio.Semaphore(CONCURRENT_REQUESTS)
 
-    def use(self, session: aiohttp.ClientSession, server: str) -> None:
+    def use(self, session: aiohttp.ClientSession, server: str, *, token_file: Path | None = None) -> None:
+        """The session to send requests on; ``token_file``: a service-account token to read per request."""
         self._session, self._server = session, server.rstrip("/")
+        self._token = None if token_file is None else TokenFile(token_file)
 
     async def secret(self, namespace: str, name: str) -> Secret | None:
         raw = await self._read(f"/api/v1/namespaces/{_segment(namespace)}/secrets/{_segment(name)}")
@@ -119,7 +146,7 @@ class Kube:
         query = urllib.parse.urlencode({"watch": "true", "resourceVersion": resource_version,
                                         "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)})
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
-        async with self._session_now().get(f"{self._server}{path}?{query}", headers={"Accept": METADATA},
+        async with self._session_now().get(f"{self._server}{path}?{query}", headers=self._headers(METADATA),
                                            timeout=timeout) as response:
             if not 200 <= response.status <= 299:
                 raise KubeError("GET", path, response.status, _message(await response.read(), response.reason))
@@ -128,6 +155,10 @@ class Kube:
                 lines, rest = parse_lines(rest + chunk)
                 for line in lines:
                     yield line
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        # The session's own headers carry the login's credentials; a token file's current token replaces them.
+        return {"Accept": accept, **(self._token.header() if self._token else {})}
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -147,7 +178,7 @@ class Kube:
 
     async def _call(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
                     content_type: str | None = None, accept: str = "application/json") -> bytes:
-        headers = {"Accept": accept}
+        headers = self._headers(accept)
         if content_type:
             headers["Content-Type"] = content_type
         payload = None if body is None else json.dumps(body).encode()

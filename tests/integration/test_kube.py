@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
+import kopf
 import pytest
+import yaml
 
-from kcmail.apisession import logged_in_kube
+from kcmail.apisession import bounded_session, logged_in_kube
 from kcmail.devenv import operator_env
 from kcmail.devenv.environment import Environment
 from kcmail.kube import MAILCONFIGS, PLURALS, Kube, KubeError
@@ -132,3 +136,49 @@ def test_errors_other_than_not_found_are_raised(devenv: Environment, kube: Call[
     with pytest.raises(KubeError) as missing:
         kube(lambda k: k.patch_status(MAILCONFIGS, "absent", namespace, {"observedGeneration": 1}))
     assert missing.value.status == 404
+
+
+def test_a_token_file_is_read_again_when_it_is_replaced(devenv: Environment, namespace: str, tmp_path: Path) -> None:
+    # Two service accounts' tokens from the TokenRequest API: one may read Secrets here, one may not.
+    nobody = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody", "namespace": namespace}}
+    operator_env.apply(devenv, operator_env.secret(namespace, "oauth", {"client-id": "app"}), *_reader(namespace),
+                       nobody)
+    tokens: dict[str, str] = {}
+    for account in ("reader", "nobody"):
+        result = operator_env.kubectl(devenv, "create", "token", account, "-n", namespace, "--duration=10m")
+        assert result.returncode == 0, result.stderr
+        tokens[account] = result.stdout.strip()
+    token_file = tmp_path / "token"
+    config = yaml.safe_load(devenv.kubeconfig.read_text())["clusters"][0]["cluster"]
+    # The session itself carries no credentials, as a pod's would carry the token read at login.
+    info = kopf.ConnectionInfo(server=config["server"], ca_data=config["certificate-authority-data"])
+
+    async def read_as(*accounts: str) -> list[str]:
+        context = bounded_session(info, 4)
+        kube = Kube()
+        kube.use(context.aiohttp_session, context.server, token_file=token_file)
+        outcomes = []
+        try:
+            for account in accounts:
+                # Replaced as the kubelet does it: a new file renamed over the old one.
+                (tmp_path / "token.new").write_text(tokens[account])
+                os.replace(tmp_path / "token.new", token_file)
+                try:
+                    outcomes.append("read" if await kube.secret(namespace, "oauth") else "absent")
+                except KubeError as error:
+                    outcomes.append(str(error.status))
+        finally:
+            await context.aiohttp_session.close()
+        return outcomes
+
+    assert asyncio.run(read_as("reader", "nobody", "reader")) == ["read", "403", "read"]
+
+
+def _reader(namespace: str) -> list[dict[str, Any]]:
+    meta = {"name": "reader", "namespace": namespace}
+    return [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+             "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+             "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}]}]
