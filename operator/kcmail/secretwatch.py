@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ WATCH_SECONDS = 300
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 GONE = 410
+# A watch that the server or a proxy ends sooner than this is started again only after this long.
+QUICK_END_SECONDS = 1.0
 
 
 class SecretEventType(enum.Enum):
@@ -121,7 +124,11 @@ class SecretWatch:
                 version = await self._list(path, SecretEventType.RELISTED if listed else SecretEventType.LISTED)
                 listed, failures = True, 0
                 while True:
+                    started = time.monotonic()
                     version = await self._watch(path, version)
+                    if time.monotonic() - started < QUICK_END_SECONDS:
+                        # A proxy that cuts streams at once must not make this a loop of requests.
+                        await asyncio.sleep(QUICK_END_SECONDS)
             except Exception as error:  # the watch outlives any one failure
                 if is_gone(error):
                     log.debug("Secret watch %s: its version is gone, listing again", path)

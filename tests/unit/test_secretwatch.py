@@ -109,6 +109,24 @@ async def test_a_gone_answer_to_the_watch_request_lists_again_without_a_failure(
     assert any("version is gone" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_watch_that_ends_at_once_is_started_again_only_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(secretwatch.asyncio, "sleep", sleep)
+    api = ApiDouble(PAGES, [[], [], [{"type": "ADDED", "object": _meta("c", "30")}]])
+
+    events = await _run(api)
+
+    assert pauses == [secretwatch.QUICK_END_SECONDS] * 3
+    assert api.watched_from == ["20", "20", "20", "30"]
+    assert _summary(events)[-1] == ("ADDED", "c", "30")
+
+
 async def test_a_failure_starts_over_after_a_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(secretwatch, "RETRY_FIRST_SECONDS", 0.01)
     api = ApiDouble(PAGES, [ConnectionResetError("the API server went away")])
