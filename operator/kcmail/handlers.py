@@ -300,14 +300,15 @@ class SecretIndices:
         return cls(**{name: kwargs[name] for name in cls.__dataclass_fields__})
 
 
-def _watch_secrets(rt: Runtime, kwargs: Mapping[str, Any]) -> None:
+def _watch_secrets(rt: Runtime, kwargs: Mapping[str, Any], **named_indices: kopf.Index) -> None:
     """Start the Secret watch (kcmail.secretwatch) with the first object kopf hands to a handler.
 
     kopf calls handlers only once every index is complete, so a Secret listed then finds every MailConfig
-    and Connection that refers to it. With neither in the cluster, no Secret matters yet.
+    and Connection that refers to it. With neither in the cluster, no Secret matters yet. ``named_indices``:
+    those the calling handler takes as named parameters, so that they are not in its ``kwargs``.
     """
     if rt.secret_watch is None:
-        on_event = functools.partial(secret_changed, rt, SecretIndices.of(kwargs))
+        on_event = functools.partial(secret_changed, rt, SecretIndices.of({**kwargs, **named_indices}))
         # The task keeps a copy of this handler's context, and so one object's body: as the loops do.
         rt.secret_watch = asyncio.create_task(SecretWatch(rt.kube, OPTIONS.namespaces, on_event).run(),
                                               name="kcmail: Secret watch")
@@ -333,14 +334,14 @@ async def secret_changed(rt: Runtime, indices: SecretIndices, event: SecretEvent
 @kopf.on.event(GROUP, VERSION, "keycloakconnections")
 async def namespaced_connection_changed(body: kopf.Body, namespace: str, name: str, type: str | None,
                                         connection_users: kopf.Index, **kwargs: Any) -> None:
-    _watch_secrets(runtime(), {"connection_users": connection_users, **kwargs})
+    _watch_secrets(runtime(), kwargs, connection_users=connection_users)
     _wake_users(body, type, connection_users, (ConnectionKind.NAMESPACED.value, namespace, name))
 
 
 @kopf.on.event(GROUP, VERSION, "clusterkeycloakconnections")
 async def cluster_connection_changed(body: kopf.Body, name: str, type: str | None,
                                      connection_users: kopf.Index, **kwargs: Any) -> None:
-    _watch_secrets(runtime(), {"connection_users": connection_users, **kwargs})
+    _watch_secrets(runtime(), kwargs, connection_users=connection_users)
     _wake_users(body, type, connection_users, (ConnectionKind.CLUSTER.value, None, name))
 
 
