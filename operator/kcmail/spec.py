@@ -1,14 +1,15 @@
-"""Typed values read from MailConfig and Connection objects.
+"""Typed values read from MailConfig and Connection objects, and the rules every name and value obeys.
 
-The API server has already applied the CRD's defaults and CEL rules, so parsing here only converts;
-a ``SpecError`` means the object bypassed validation (an older CRD, a direct etcd write) and names the
-field.
+The API server has already applied the CRD's defaults and CEL rules; parsing converts and checks the
+same rules again, because an object stored under an older CRD was never held to them. A ``SpecError``
+means the object bypassed validation (an older CRD, a direct etcd write) and names the field.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,6 +24,46 @@ VERSION = "v1alpha1"
 
 class SpecError(ValueError):
     """A field is missing or malformed; the message names its path."""
+
+
+# Keycloak stores each smtpServer value in a database column of 255 characters: a longer one passes the
+# admin API's checks and then fails in the database ("Database operation failed"), naming no field.
+SMTP_VALUE_MAX = 255
+REALM_NAME_MAX = 255
+# The CRDs' control-character rule, character for character: C0, DEL, C1, and the Unicode line and
+# paragraph separators. None of them belongs in a header, a SASL string or a status message.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A realm name is one segment of an admin API path: no separator, nothing that ends a path (? #) or starts
+# an escape or a matrix parameter (% ;). Keycloak allows % in a realm name; no name is worth a second
+# decoding on the way.
+REALM_NAME_FORBIDDEN = frozenset("/\\?#%;")
+
+
+def realm_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a realm name kcmail addresses as one path segment, or None (the CRDs' rule)."""
+    if not name:
+        return "is empty"
+    if len(name) > REALM_NAME_MAX:
+        return f"has {len(name)} characters; a realm name has at most {REALM_NAME_MAX}"
+    if name in (".", ".."):
+        return f"is {name!r}, which a URL path reads as a directory, not a name"
+    forbidden = sorted(REALM_NAME_FORBIDDEN.intersection(name))
+    if forbidden:
+        return f"contains {' '.join(forbidden)}, which cannot be part of one path segment"
+    if CONTROL_CHARACTERS.search(name):
+        return "contains control characters"
+    if name != name.strip():
+        return "starts or ends with a space"
+    return None
+
+
+def value_problem(value: str, limit: int = SMTP_VALUE_MAX) -> str | None:
+    """Why ``value`` cannot be stored in a realm's smtpServer (or sent in a SASL string), or None."""
+    if CONTROL_CHARACTERS.search(value):
+        return "contains control characters (CR, LF, NUL and the like)"
+    if len(value) > limit:
+        return f"has {len(value)} characters; Keycloak stores at most {limit}"
+    return None
 
 
 class Security(enum.StrEnum):
@@ -147,6 +188,34 @@ class MailConfigSpec:
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> MailConfigSpec:
+        parsed = cls._convert(spec)
+        parsed._check()
+        return parsed
+
+    def _check(self) -> None:
+        """The rules of the CRD that keep names one path segment and values storable by Keycloak."""
+        problem = realm_name_problem(self.realm)
+        if problem:
+            raise SpecError(f"realm {self.realm!r} {problem}")
+        sender, auth = self.sender, self.auth
+        stored = {"smtp.host": self.smtp.host, "sender.from": sender.from_address,
+                  "sender.fromDisplayName": sender.from_display_name, "sender.replyTo": sender.reply_to,
+                  "sender.replyToDisplayName": sender.reply_to_display_name,
+                  "sender.envelopeFrom": sender.envelope_from, "auth.username": auth.username}
+        if auth.xoauth2 is not None:
+            stored |= {"auth.xoauth2.tokenURL": auth.xoauth2.token_url, "auth.xoauth2.scope": auth.xoauth2.scope}
+        names = {"connectionRef.name": self.connection_ref.name, "probe.recipient": self.probe.recipient,
+                 "auth secret": auth.secret_name or ""}
+        for path, value in stored.items():
+            problem = value_problem(value)
+            if problem:
+                raise SpecError(f"{path} {problem}")
+        for path, value in names.items():
+            if CONTROL_CHARACTERS.search(value):
+                raise SpecError(f"{path} contains control characters")
+
+    @classmethod
+    def _convert(cls, spec: Mapping[str, Any]) -> MailConfigSpec:
         smtp = _mapping(spec, "smtp")
         timeouts = _mapping(smtp, "timeouts", "smtp.", required=False)
         sender = _mapping(spec, "sender")

@@ -13,8 +13,11 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kcmail.devenv.crd_reference import CRDS_DIR, iter_rules, load_crds, stored_schema
+from kcmail.spec import realm_name_problem
 
 pytestmark = pytest.mark.integration
 
@@ -296,6 +299,77 @@ _BREAKING = [
 ]
 
 
+_REALM_RULE = ("must be one Keycloak realm name, not . or .., without / \\ ? # % ; or control characters and "
+               "without spaces at either end")
+_CONTROL = "must not contain control characters (CR, LF, NUL and the like)"
+# Every free-text field refuses control characters, each with a message naming it (MailConfig field, value).
+_CONTROL_FIELDS = {
+    "MailConfig": [("connectionRef.name", "connectionRef.name"), ("smtp.host", "smtp.host"),
+                   ("sender.from", "sender.from"),
+                   ("sender.fromDisplayName", "sender.fromDisplayName"), ("sender.replyTo", "sender.replyTo"),
+                   ("sender.replyToDisplayName", "sender.replyToDisplayName"),
+                   ("sender.envelopeFrom", "sender.envelopeFrom"), ("auth.username", "auth.username"),
+                   (_TOKEN_URL, _TOKEN_URL), ("auth.xoauth2.scope", "auth.xoauth2.scope"),
+                   ("auth.xoauth2.clientSecretRef.name", "auth.xoauth2.clientSecretRef.name"),
+                   ("auth.xoauth2.clientSecretRef.clientIDKey", "auth.xoauth2.clientSecretRef.clientIDKey"),
+                   ("auth.xoauth2.clientSecretRef.clientSecretKey", "auth.xoauth2.clientSecretRef.clientSecretKey"),
+                   ("probe.recipient", "probe.recipient")],
+    "KeycloakConnection": [("url", "url"), ("credentialsSecretRef.name", "credentialsSecretRef.name"),
+                           ("tls.caSecretRef.name", "tls.caSecretRef.name"),
+                           ("tls.caSecretRef.key", "tls.caSecretRef.key")],
+    "ClusterKeycloakConnection": [("url", "url"), ("credentialsSecretRef.name", "credentialsSecretRef.name"),
+                                  ("credentialsSecretRef.namespace", "credentialsSecretRef.namespace"),
+                                  ("tls.caSecretRef.name", "tls.caSecretRef.name"),
+                                  ("tls.caSecretRef.namespace", "tls.caSecretRef.namespace"),
+                                  ("tls.caSecretRef.key", "tls.caSecretRef.key")],
+}
+
+
+def _with_control(path: str) -> str:
+    values = {"sender.from": "no-reply@acme.example\r\nBcc: all@acme.example", "sender.replyTo": "a@b\x00",
+              "sender.envelopeFrom": "a@b\u2028", "probe.recipient": "a@b\x85", "url": "https://kc\n.example",
+              _TOKEN_URL: "https://login.example/token\r\nX: y"}
+    return values.get(path, "value\r\nInjected: header")
+
+
+_BREAKING += [
+    pytest.param(kind, {path: _with_control(path), **({"probe.smtp": "Send"} if path == "probe.recipient" else {})},
+                 f"{field} {_CONTROL}", id=f"{kind}-{path}-control")
+    for kind, cases in _CONTROL_FIELDS.items() for path, field in cases
+] + [
+    pytest.param("MailConfig", {"auth.type": "Basic", "auth.xoauth2": _DROP,
+                                "auth.basic": {"passwordSecretRef": {"name": "smtp\n", "key": "password"}}},
+                 f"auth.basic.passwordSecretRef.name {_CONTROL}", id="basic-secret-name-control"),
+    pytest.param("MailConfig", {"auth.type": "Basic", "auth.xoauth2": _DROP,
+                                "auth.basic": {"passwordSecretRef": {"name": "smtp", "key": "pass\tword"}}},
+                 f"auth.basic.passwordSecretRef.key {_CONTROL}", id="basic-secret-key-control"),
+    *(pytest.param("MailConfig", {"realm": realm}, f"realm {_REALM_RULE}", id=f"realm-{label}")
+      for label, realm in (("traversal", "fzr/../master"), ("dot-dot", ".."), ("dot", "."),
+                           ("encoded-slash", "fzr%2F..%2Fmaster"), ("query", "fz-06?x=1"), ("fragment", "acme#x"),
+                           ("matrix", "acme;x=1"), ("backslash", "fzr\\..\\master"), ("newline", "acme\n"),
+                           ("leading-space", " acme"))),
+    *(pytest.param(kind, {"adminRealm": "master/../other"}, f"adminRealm {_REALM_RULE}", id=f"{kind}-admin-realm")
+      for kind in _CONNECTIONS),
+    *(pytest.param(kind, {"allowedRealms": ["fzr/*"]},
+                   "allowedRealms patterns match realm names, so they hold no / \\ # % ; or control characters",
+                   id=f"{kind}-allowed-realms-slash") for kind in _CONNECTIONS),
+    pytest.param("ClusterKeycloakConnection", {"allowedNamespaces.matchLabels": {"team": "a\nb"}},
+                 f"allowedNamespaces.matchLabels values {_CONTROL}", id="selector-label-value-control"),
+    pytest.param("ClusterKeycloakConnection",
+                 {"allowedNamespaces.matchExpressions": [{"key": "te\nam", "operator": "Exists"}]},
+                 f"allowedNamespaces.matchExpressions key {_CONTROL}", id="selector-key-control"),
+    pytest.param("ClusterKeycloakConnection",
+                 {"allowedNamespaces.matchExpressions": [{"key": "team", "operator": "In", "values": ["a\rb"]}]},
+                 f"allowedNamespaces.matchExpressions values {_CONTROL}", id="selector-values-control"),
+    # What Keycloak stores in a realm's smtpServer: 255 characters a value.
+    *(pytest.param("MailConfig", {path: value}, f"spec.{path}: Too long: may not be more than 255",
+                   id=f"{path}-too-long")
+      for path, value in (("sender.fromDisplayName", "A" * 256), ("sender.replyToDisplayName", "R" * 256),
+                          ("auth.username", "u" * 250 + "@acme.example"), ("auth.xoauth2.scope", "s" * 256),
+                          (_TOKEN_URL, "https://login.example/" + "t" * 240))),
+]
+
+
 def test_every_cel_rule_has_a_breaking_case():
     expected = " ".join(param.values[2] for param in _BREAKING)
     for crd in load_crds():
@@ -476,3 +550,17 @@ def test_the_kcmail_category_lists_every_kind(kubectl, namespace):
     for short_name in ("mc", "mailconf", "kcc"):
         assert kubectl("get", short_name, "-n", namespace).returncode == 0
     assert kubectl("get", "ckcc", namespace).returncode == 0
+
+
+# Names built from what path attacks are made of, and ordinary ones: the API server's rule and kcmail's own
+# check (spec.realm_name_problem, which the operator applies to objects stored before the rule) agree.
+_NAME_ATOMS = ["/", "\\", ".", "..", "%", "%2e", "?", "#", ";", " ", "\t", "\n", "\x01", "\x85", "\u2028", "\uff0f",
+               "master", "acme", "a", "-", "_", "~", "ä", "@", ":"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(realm=st.lists(st.sampled_from(_NAME_ATOMS), min_size=1, max_size=6).map("".join))
+def test_the_api_server_and_kcmail_judge_realm_names_alike(kubectl, namespace, realm):
+    obj = _edited(_mail_config(namespace), {"realm": realm})
+    result = kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(obj))
+    assert (result.returncode == 0) == (realm_name_problem(realm) is None), (realm, result.stderr)
