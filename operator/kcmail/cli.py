@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from kcmail import defaults, metrics, probe_cli
+from kcmail import defaults, metrics, probe_cli, redact
 from kcmail.adopt import cli as adopt_cli
 
 # RFC 1123 label, as Kubernetes requires of a namespace's name.
@@ -49,6 +49,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Every line, kopf's included, passes kcmail's redaction: foreign text quoted in a message or a traceback.
+    redact.install_log_filter()
     if not args.verbose:
         # One line per request or per handled event drowns what matters; kcmail logs its own actions.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -63,7 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     namespaces = tuple(args.namespace or ())
     handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness,
                                        probe_concurrency=args.probe_concurrency,
-                                       keycloak_concurrency=args.keycloak_concurrency))
+                                       keycloak_concurrency=args.keycloak_concurrency,
+                                       namespaced_connections=not args.no_namespaced_connections))
     # Standalone: kopf peering would pause only kopf's own handlers, not the MailConfig loops (kcmail.loops),
     # so one replica runs at a time (the chart's Deployment has one, replaced with Recreate).
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness, standalone=True)
@@ -109,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keycloak-concurrency", type=_positive_int, default=defaults.KEYCLOAK_CONCURRENCY,
                      metavar="N", help="Keycloak admin API calls in flight at once through each Connection; the "
                                        "others wait their turn in kcmail (default %(default)s)")
+    run.add_argument("--no-namespaced-connections", action="store_true",
+                     help="refuse KeycloakConnections (the namespaced kind): MailConfigs may use only "
+                          "ClusterKeycloakConnections, so tenants cannot choose a Keycloak endpoint")
     run.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     run.add_argument("--metrics-address", type=_metrics_address, default=metrics.DEFAULT_ADDRESS,
                      help="serve Prometheus metrics at http://HOST:PORT/metrics; 'off' serves none "

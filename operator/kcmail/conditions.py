@@ -12,6 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kcmail.redact import redact
+
+# A condition message: kcmail's words around at most a capped quote of a server's (kcmail.redact).
+MESSAGE_LIMIT = 1024
 
 class ConditionType(enum.StrEnum):
     READY = "Ready"
@@ -40,6 +44,11 @@ class Reason(enum.StrEnum):
     CONNECTION_NOT_FOUND = "ConnectionNotFound"
     CONNECTION_NOT_ALLOWED = "ConnectionNotAllowed"
     INVALID_SPEC = "InvalidSpec"
+    INVALID_SECRET_VALUE = "InvalidSecretValue"
+    INVALID_CA = "InvalidCA"
+    # Kubernetes API.
+    KUBERNETES_FORBIDDEN = "KubernetesForbidden"
+    KUBERNETES_API_ERROR = "KubernetesAPIError"
     # Keycloak.
     KEYCLOAK_UNREACHABLE = "KeycloakUnreachable"
     KEYCLOAK_AUTH_FAILED = "KeycloakAuthFailed"
@@ -47,6 +56,8 @@ class Reason(enum.StrEnum):
     REALM_NOT_FOUND = "RealmNotFound"
     KEYCLOAK_REJECTED = "KeycloakRejected"
     REALM_CONFLICT = "RealmConflict"
+    REALM_MISMATCH = "RealmMismatch"
+    KEYCLOAK_ANSWER_INVALID = "KeycloakAnswerInvalid"
     # Token endpoint.
     TOKEN_ENDPOINT_UNREACHABLE = "TokenEndpointUnreachable"
     INVALID_CLIENT = "InvalidClient"
@@ -64,6 +75,7 @@ class Reason(enum.StrEnum):
     # Operator.
     SUSPENDED = "Suspended"
     DELETION_BLOCKED = "DeletionBlocked"
+    INTERNAL_ERROR = "InternalError"
 
 
 @dataclass(frozen=True)
@@ -183,7 +195,7 @@ def merge(existing: Iterable[Mapping[str, Any]], desired: Sequence[Condition], *
             "type": condition.type.value,
             "status": condition.status.value,
             "reason": condition.reason.value,
-            "message": condition.message,
+            "message": redact(condition.message, limit=MESSAGE_LIMIT),
             "observedGeneration": generation,
             "lastTransitionTime": before["lastTransitionTime"] if unchanged and before else stamp,
         })

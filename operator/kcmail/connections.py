@@ -16,7 +16,7 @@ from typing import Any
 from kcmail.conditions import Failure, Reason
 from kcmail.keycloak import AdminCredentials, KeycloakClient
 from kcmail.kube import Kube, Secret
-from kcmail.spec import ConnectionKind
+from kcmail.spec import ConnectionKind, realm_name_problem
 
 
 class ConnectionFailure(Exception):
@@ -77,6 +77,12 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
 
 
 def realm_allowed(patterns: Sequence[str], realm: str) -> bool:
+    """Whether a Connection's allowedRealms admit ``realm``: glob patterns matched against the whole name,
+    case-sensitively (``*`` any run of characters, ``?`` one, ``[abc]``/``[!abc]`` sets).
+
+    A ``*`` matches ``/`` as well; that is no way out, because a realm name kcmail addresses holds no ``/``
+    (``spec.realm_name_problem``) and goes into a path as one encoded segment (``keycloak.realm_path``).
+    """
     return any(fnmatch.fnmatchcase(realm, pattern) for pattern in patterns)
 
 
@@ -120,9 +126,15 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
                 Reason.SECRET_KEY_MISSING, f'Secret {ca_secret.namespace}/{ca_secret.name} has no key "{ca_key}" '
                 f"(the CA of {key})", needs_person=True))
         ca_pem, ca_version = ca_secret.data[ca_key], ca_secret.version
+        _check_ca(ca_pem, f"Secret {ca_secret.namespace}/{ca_secret.name} key {ca_key!r} (the CA of {key})")
     url = spec.get("url", "")
+    admin_realm = spec.get("adminRealm", "master")
+    problem = realm_name_problem(admin_realm)
+    if problem:
+        raise ConnectionFailure(Failure(Reason.INVALID_SPEC, f"{key}: adminRealm {admin_realm!r} {problem}",
+                                        needs_person=True))
     return ResolvedConnection(
-        key=key, url=url, admin_realm=spec.get("adminRealm", "master"), credentials=credentials, ca_pem=ca_pem,
+        key=key, url=url, admin_realm=admin_realm, credentials=credentials, ca_pem=ca_pem,
         insecure_skip_verify=bool(tls.get("insecureSkipVerify", False)),
         allowed_namespaces=spec.get("allowedNamespaces") if kind is ConnectionKind.CLUSTER else None,
         allowed_realms=tuple(spec.get("allowedRealms") or ("*",)),
@@ -196,6 +208,17 @@ def _admin_credentials(secret: Secret, key: ConnectionKey) -> AdminCredentials:
         Reason.SECRET_KEY_MISSING,
         f"Secret {secret.namespace}/{secret.name} (credentials of {key}) needs the keys client-id and "
         "client-secret, or username and password", needs_person=True))
+
+
+def _check_ca(pem: str, where: str) -> None:
+    """Refuse a CA bundle that is not PEM certificates, with a message that names it (never its content)."""
+    try:
+        ssl.create_default_context().load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as error:
+        reason = getattr(error, "reason", None) or str(error)
+        raise ConnectionFailure(Failure(
+            Reason.INVALID_CA, f"{where} is not a PEM CA bundle ({reason}); it must hold one or more "
+            "-----BEGIN CERTIFICATE----- blocks", needs_person=True)) from None
 
 
 def tls_context(ca_bundle: str | None, connection_ca_pem: str) -> ssl.SSLContext:

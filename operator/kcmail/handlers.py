@@ -14,20 +14,22 @@ import datetime
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import kopf
 
-from kcmail import loops, metrics
+from kcmail import conditions, loops, metrics
+from kcmail.answers import TOKEN_ANSWER_LIMIT, limited_client
 from kcmail.apisession import bounded_session, connection_limit, login_info, rotating_token_file
-from kcmail.connections import ConnectionKey, KeycloakClients, normalized_url, secret_refs, tls_context
+from kcmail.connections import ConnectionKey, KeycloakClients, secret_refs, tls_context
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, PLURALS, Kube
 from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
-from kcmail.reconcile import Claim, MailConfigObject, Reconciler, Result, check_connection
+from kcmail.reconcile import Holder, MailConfigObject, Reconciler, Result, check_connection
+from kcmail.redact import redact
 from kcmail.runtime import OperatorOptions, Runtime, backoff, first_pass_can_wait, secret_is_news
 from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.secretwatch import SecretEvent, SecretEventType, SecretWatch
@@ -85,10 +87,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     clients = KeycloakClients(ca_bundle=OPTIONS.ca_bundle, concurrency=OPTIONS.keycloak_concurrency)
     # Token endpoints and SMTP servers are trusted like Keycloak's: system CAs plus the operator's bundle.
     probe_tls = tls_context(OPTIONS.ca_bundle, "")
-    probe_http = httpx.AsyncClient(verify=probe_tls, timeout=httpx.Timeout(15.0, connect=10.0))
+    probe_http = limited_client(TOKEN_ANSWER_LIMIT, verify=probe_tls, timeout=httpx.Timeout(15.0, connect=10.0))
     prober = Prober(TokenClient(probe_http), probe_tls, OPTIONS.probe_concurrency)
-    _runtime = Runtime(kube=kube, clients=clients, reconciler=Reconciler(kube, clients, prober),
-                       probe_http=probe_http)
+    reconciler = Reconciler(kube, clients, prober, namespaced_connections=OPTIONS.namespaced_connections)
+    _runtime = Runtime(kube=kube, clients=clients, reconciler=reconciler, probe_http=probe_http)
 
 
 @kopf.on.login()
@@ -120,11 +122,25 @@ async def liveness(**_: Any) -> str:
 # of a thousand MailConfigs and their Secrets would hop threads several thousand times.
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
-async def realm_claims(namespace: str, name: str, uid: str, meta: Any, spec: Any, **_: Any) -> dict[str, Any]:
+async def realm_users(namespace: str, name: str, uid: str, meta: Any, spec: Any, status: Any,
+                      **_: Any) -> dict[str, tuple[Any, ...]]:
+    # Whom to wake when a realm's owner is deleted and takes its record away, and, for a realm that records
+    # no owner yet, who wrote it first (Reconciler._unrecorded_holder). Who owns a recorded realm is decided
+    # by the realm's own record (kcmail.ownership), never by this index.
     ref = spec.get("connectionRef") or {}
-    kind = ref.get("kind", ConnectionKind.CLUSTER.value)
-    connection = (kind, namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name"))
-    return {spec.get("realm", ""): (namespace, name, uid, meta.get("creationTimestamp", ""), connection)}
+    applied = any(c.get("type") == "Applied" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return {spec.get("realm", ""): (namespace, name, uid, meta.get("creationTimestamp", ""),
+                                    ref.get("kind", ConnectionKind.CLUSTER.value), ref.get("name", ""), applied)}
+
+
+def _holders(realm_users: kopf.Index) -> Callable[[str], list[Holder]]:
+    def holders(realm: str) -> list[Holder]:
+        # A kind that is no ConnectionKind (an object that bypassed validation) holds nothing.
+        return [Holder(namespace=ns, name=name, uid=uid, created=created, connection_kind=ConnectionKind(kind),
+                       connection_name=connection, applied=applied)
+                for ns, name, uid, created, kind, connection, applied in realm_users.get(realm, [])
+                if kind in ConnectionKind.__members__.values()]
+    return holders
 
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
@@ -146,16 +162,6 @@ async def connection_users(namespace: str, name: str, spec: Any, **_: Any) -> di
 
 
 @kopf.index(GROUP, VERSION, "keycloakconnections")
-async def namespaced_urls(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
-    return {(ConnectionKind.NAMESPACED.value, namespace, name): normalized_url(spec.get("url", ""))}
-
-
-@kopf.index(GROUP, VERSION, "clusterkeycloakconnections")
-async def cluster_urls(name: str, spec: Any, **_: Any) -> dict[Any, str]:
-    return {(ConnectionKind.CLUSTER.value, None, name): normalized_url(spec.get("url", ""))}
-
-
-@kopf.index(GROUP, VERSION, "keycloakconnections")
 async def namespaced_connection_secrets(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, tuple[Any, ...]]:
     key = (ConnectionKind.NAMESPACED.value, namespace, name)
     return {ref: key for ref in secret_refs(ConnectionKind.NAMESPACED, spec, namespace)}
@@ -167,32 +173,9 @@ async def cluster_connection_secrets(name: str, spec: Any, **_: Any) -> dict[Any
     return {ref: key for ref in secret_refs(ConnectionKind.CLUSTER, spec, None)}
 
 
-def _claims(realm: str, realm_claims: kopf.Index, namespaced_urls: kopf.Index,
-            cluster_urls: kopf.Index) -> list[Claim]:
-    claims = []
-    for namespace, name, uid, created, connection in realm_claims.get(realm, []):
-        urls = cluster_urls if connection[0] == ConnectionKind.CLUSTER.value else namespaced_urls
-        url = next(iter(urls.get(connection, [])), "")
-        claims.append(Claim(namespace=namespace, name=name, uid=uid, created=created, keycloak_url=url,
-                            realm=realm))
-    return claims
-
-
 # --- the MailConfig loop ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Indices:
-    """The live indices a loop reads its realm's claims from (kopf keeps them current)."""
-
-    realm_claims: kopf.Index
-    namespaced_urls: kopf.Index
-    cluster_urls: kopf.Index
-
-    def claims(self, realm: str) -> list[Claim]:
-        return _claims(realm, self.realm_claims, self.namespaced_urls, self.cluster_urls)
-
-
-async def mailconfig_loop(rt: Runtime, key: str, indices: Indices) -> None:
+async def mailconfig_loop(rt: Runtime, key: str, holders: Callable[[str], list[Holder]]) -> None:
     """One MailConfig's passes, one at a time, until its loop is stopped (see kcmail.loops)."""
     waker = rt.waker(key)
     attempt = 0
@@ -208,15 +191,16 @@ async def mailconfig_loop(rt: Runtime, key: str, indices: Indices) -> None:
             started = time.monotonic()
             reported = dict(obj.status)
             try:
-                result = await rt.reconciler.reconcile(obj, indices.claims,
-                                                       report=functools.partial(_report, rt, obj, reported))
+                result = await rt.reconciler.reconcile(obj, report=functools.partial(_report, rt, obj, reported),
+                                                       holders=holders)
                 await _report(rt, obj, reported, result)
             except Exception as error:  # the loop must outlive any one failed pass
-                # Kubernetes API errors and the unforeseen: retried with backoff. Only the type and text
-                # are logged; no traceback locals, which could hold credentials.
+                # The unforeseen, or a status the API server refused: retried with backoff, and said in the
+                # status when the API server takes it. Only the type and the (redacted) text are logged.
                 log.warning("MailConfig %s: reconcile failed, retrying: %s: %s", obj.id, type(error).__name__, error)
                 metrics.record_failed_pass(time.monotonic() - started)
                 attempt += 1
+                await _report_failure(rt, obj, reported, error)
             else:
                 log.info("MailConfig %s: reconciled: %s", obj.id, result.summary())
                 metrics.record_pass(obj.namespace, obj.name, result.status, obj.status, wrote=result.wrote,
@@ -235,6 +219,15 @@ async def mailconfig_loop(rt: Runtime, key: str, indices: Indices) -> None:
         metrics.forget(namespace, name)
 
 
+async def _report_failure(rt: Runtime, obj: MailConfigObject, reported: dict[str, Any], error: Exception) -> None:
+    """Put a failed pass in the status (InternalError); when even that fails, the log line above is all."""
+    try:
+        await _report(rt, obj, reported, rt.reconciler.failed(obj, error))
+    except Exception as again:
+        log.warning("MailConfig %s: cannot write the failure to its status: %s: %s", obj.id,
+                    type(again).__name__, again)
+
+
 def _next_delay(obj: MailConfigObject, attempt: int) -> float:
     try:
         interval = MailConfigSpec.parse(obj.spec).interval
@@ -251,9 +244,10 @@ async def _report(rt: Runtime, obj: MailConfigObject, reported: dict[str, Any], 
         await rt.kube.patch_status(MAILCONFIGS, obj.name, obj.namespace, result.status)
         reported.update(result.status)
     for event in result.events:
-        kopf.event(_event_target(obj), type=event.type, reason=event.reason, message=event.message)
+        message = redact(event.message, limit=conditions.MESSAGE_LIMIT)
+        kopf.event(_event_target(obj), type=event.type, reason=event.reason, message=message)
         level = logging.INFO if event.type == "Normal" else logging.WARNING
-        log.log(level, "MailConfig %s: %s: %s", obj.id, event.reason, event.message)
+        log.log(level, "MailConfig %s: %s: %s", obj.id, event.reason, message)
 
 
 def _event_target(obj: MailConfigObject) -> dict[str, Any]:
@@ -266,23 +260,22 @@ def _event_target(obj: MailConfigObject) -> dict[str, Any]:
 
 @kopf.on.event(GROUP, VERSION, MAILCONFIGS)
 async def mailconfig_changed(body: kopf.Body, namespace: str, name: str, type: str | None, spec: Any, meta: Any,
-                             realm_claims: kopf.Index, namespaced_urls: kopf.Index, cluster_urls: kopf.Index,
-                             **kwargs: Any) -> None:
+                             realm_users: kopf.Index, **kwargs: Any) -> None:
     rt = runtime()
-    _watch_secrets(rt, kwargs)
+    _watch_secrets(rt, kwargs, realm_users=realm_users)
     key = f"{namespace}/{name}"
     if type == "DELETED":
         await rt.stop_loop(key)
-        # The owner of a realm is gone: the next claim in line takes over at once.
-        for peer_ns, peer_name, *_rest in realm_claims.get(spec.get("realm", ""), []):
-            rt.wake(f"{peer_ns}/{peer_name}")
+        # A realm's owner released it when it was finalized: the others that name the realm may claim it now.
+        for holder in _holders(realm_users)(spec.get("realm", "")):
+            rt.wake(holder.id)
         return
     rt.loops.keep(key, body)
     if meta.get("deletionTimestamp"):
         return  # mailconfig_deleted stops the loop, then clears the realm
     rt.wake_on_change(key, body)
     if not rt.loops.running(key):
-        rt.loops.start(key, mailconfig_loop(rt, key, Indices(realm_claims, namespaced_urls, cluster_urls)))
+        rt.loops.start(key, mailconfig_loop(rt, key, _holders(realm_users)))
 
 
 @dataclass(frozen=True)
@@ -365,14 +358,12 @@ def _connection_key(key: tuple[Any, ...]) -> ConnectionKey:
 # --- deletion ---------------------------------------------------------------------------------------
 
 @kopf.on.delete(GROUP, VERSION, MAILCONFIGS)
-async def mailconfig_deleted(body: kopf.Body, realm_claims: kopf.Index, namespaced_urls: kopf.Index,
-                             cluster_urls: kopf.Index, **_: Any) -> None:
+async def mailconfig_deleted(body: kopf.Body, **_: Any) -> None:
     rt = runtime()
     obj = MailConfigObject.from_body(body)
     # Its loop first: a pass in flight must not write the realm while it is being cleared.
     await rt.stop_loop(obj.id)
-    result = await rt.reconciler.finalize(
-        obj, lambda realm: _claims(realm, realm_claims, namespaced_urls, cluster_urls))
+    result = await rt.reconciler.finalize(obj)
     await _report(rt, obj, dict(obj.status), result)
     if result.retry:
         raise kopf.TemporaryError("waiting for Keycloak to clear the realm's SMTP settings", delay=15)
@@ -388,16 +379,21 @@ async def _recheck_connection(rt: Runtime, key: tuple[Any, ...]) -> None:
     body = await rt.kube.connection(kind, name, namespace)
     if body is None:
         return
-    status = await check_connection(rt.kube, rt.clients, kind, body, datetime.datetime.now(datetime.UTC))
+    status = await _connection_status(rt, kind, body)
     if any((body.get("status") or {}).get(k) != v for k, v in status.items()):
         await rt.kube.patch_status(PLURALS[kind], name, namespace, status)
 
 
 async def _check(kind: ConnectionKind, body: kopf.Body, patch: kopf.Patch) -> None:
-    rt = runtime()
-    status = await check_connection(rt.kube, rt.clients, kind, body, datetime.datetime.now(datetime.UTC))
+    status = await _connection_status(runtime(), kind, body)
     if any((body.get("status") or {}).get(k) != v for k, v in status.items()):
         patch.status.update(status)
+
+
+async def _connection_status(rt: Runtime, kind: ConnectionKind, body: Mapping[str, Any]) -> dict[str, Any]:
+    refused = kind is ConnectionKind.NAMESPACED and not OPTIONS.namespaced_connections
+    return await check_connection(rt.kube, rt.clients, kind, body, datetime.datetime.now(datetime.UTC),
+                                  refused=refused)
 
 
 @kopf.on.resume(GROUP, VERSION, "keycloakconnections")

@@ -1,9 +1,13 @@
-"""Keycloak admin API: version, realm read, and a safe ``smtpServer`` write (python-keycloak, async).
+"""Keycloak admin API: version, realm read, and a safe realm write (python-keycloak logs in; kcmail builds
+every path and reads every answer itself).
 
-A realm PUT carries the realm representation just read with only ``smtpServer`` replaced: a partial
-body would reset fields Keycloak treats as "absent means default" (the OAuth2 device-code lifespan,
-for one). Every failure is raised as a :class:`KeycloakFailure` whose message carries Keycloak's own
-words and never a secret.
+A realm PUT carries the realm representation just read with only ``smtpServer`` (and kcmail's owner
+attribute) replaced: a partial body would reset fields Keycloak treats as "absent means default" (the
+OAuth2 device-code lifespan, for one). A realm name goes into a path only as one percent-encoded segment,
+and a representation is trusted only when it names exactly the realm asked for: a name that a path, a
+database collation or a proxy could turn into another realm never reaches a write. Every failure is
+raised as a :class:`KeycloakFailure` whose message carries Keycloak's own words, redacted, and never a
+secret; an answer that is not what the admin API answers (not JSON, the wrong shape, too large) is one too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime
 import json
 import ssl
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +26,12 @@ import httpx
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionError, KeycloakError
 
+from kcmail.answers import KEYCLOAK_ANSWER_LIMIT, AnswerTooLarge, limited_client
 from kcmail.conditions import Failure, Reason
 from kcmail.defaults import KEYCLOAK_CONCURRENCY
+from kcmail.redact import redact
 from kcmail.smtp_settings import Version, parse_version
+from kcmail.spec import realm_name_problem
 
 
 class KeycloakFailure(Exception):
@@ -49,6 +57,18 @@ _TIMEOUT_SECONDS = 15
 _VERSION_MAX_AGE_SECONDS = 300.0
 
 
+def realm_path(realm: str) -> str:
+    """``admin/realms/<realm>``, the name as exactly one percent-encoded path segment.
+
+    A name that cannot be one segment (``..``, ``a/b``, one with ``?`` or ``%``) is refused here as well
+    as at admission, so no caller can address a realm other than the one it names.
+    """
+    problem = realm_name_problem(realm)
+    if problem:
+        raise KeycloakFailure(Failure(Reason.INVALID_SPEC, f"realm {realm!r} {problem}", needs_person=True))
+    return "admin/realms/" + urllib.parse.quote(realm, safe="")
+
+
 class KeycloakClient:
     """One admin client per Keycloak connection; its token is reused across reconciles."""
 
@@ -56,8 +76,11 @@ class KeycloakClient:
                  verify: bool | str | ssl.SSLContext = True, *, concurrency: int = KEYCLOAK_CONCURRENCY) -> None:
         # python-keycloak joins paths with urljoin: a base URL with a path prefix needs its trailing /.
         self.url = url.rstrip("/") + "/"
+        self._secrets = (credentials.client_secret, credentials.password)
+        # The admin realm goes into the token URL that python-keycloak builds: one encoded segment too.
+        login_realm = urllib.parse.quote(admin_realm, safe="")
         connection = KeycloakOpenIDConnection(
-            server_url=self.url, realm_name=admin_realm, user_realm_name=admin_realm,
+            server_url=self.url, realm_name=login_realm, user_realm_name=login_realm,
             client_id=credentials.client_id, client_secret_key=credentials.client_secret or None,
             username=credentials.username or None, password=credentials.password or None,
             grant_type="password" if credentials.username else "client_credentials",
@@ -66,22 +89,24 @@ class KeycloakClient:
         # Every call the slots let through finds a connection at once: a call waiting in the pool instead would
         # spend its request timeout there (PoolTimeout) before Keycloak saw it. python-keycloak's own pool keeps
         # only 20 idle, so with more in flight each burst would close the rest and open them again, a TLS
-        # handshake each on both sides.
-        connection.async_s = httpx.AsyncClient(verify=verify, limits=httpx.Limits(
+        # handshake each on both sides. Both clients (admin calls, logins) read answers up to a limit.
+        connection.async_s = limited_client(KEYCLOAK_ANSWER_LIMIT, verify=verify, limits=httpx.Limits(
             max_connections=concurrency, max_keepalive_connections=concurrency))
+        connection.keycloak_openid.connection.async_s = limited_client(KEYCLOAK_ANSWER_LIMIT, verify=verify)
         self._admin = KeycloakAdmin(connection=connection)
-        self._version: tuple[float, Version] | None = None
+        self._version: tuple[float, Version | None] | None = None
         self._token_lock = asyncio.Lock()
         # Waiting for a slot has no deadline; a call that has one keeps its own timeout.
         self._slots = asyncio.Semaphore(concurrency)
-        self._version_read: asyncio.Future[Version] | None = None
+        self._version_read: asyncio.Future[Version | None] | None = None
 
     async def aclose(self) -> None:
         await self._admin.connection.aclose()
         await self._admin.connection.keycloak_openid.connection.aclose()
 
-    async def version(self, *, fresh: bool = False) -> Version:
-        """The server's version, re-read at most every few minutes unless ``fresh``.
+    async def version(self, *, fresh: bool = False) -> Version | None:
+        """The server's version, re-read at most every few minutes unless ``fresh``; None when Keycloak hides
+        it from this admin (see :func:`kcmail.smtp_settings.version_text`).
 
         Calls that need it while a read is under way share that read and its outcome: every MailConfig's
         first pass after a start asks at once, and /admin/serverinfo is one of Keycloak's heaviest answers.
@@ -94,35 +119,56 @@ class KeycloakClient:
         # Shielded: a caller that is cancelled (its MailConfig deleted) must not cancel the others' read.
         return await asyncio.shield(self._version_read)
 
-    async def _read_version(self) -> Version:
-        info = await self._call("read the server version", self._admin.a_get_server_info)
-        version = parse_version(str(info.get("systemInfo", {}).get("version", "")))
+    async def _read_version(self) -> Version | None:
+        what = "read the server version"
+        info = _object(await self._call(what, "GET", "admin/serverinfo"), what)
+        system = info.get("systemInfo")
+        text = system.get("version") if isinstance(system, Mapping) else None
+        version: Version | None = None
+        if text is not None:
+            try:
+                version = parse_version(str(text))
+            except ValueError:
+                raise KeycloakFailure(Failure(
+                    Reason.KEYCLOAK_ANSWER_INVALID,
+                    f"cannot {what}: {redact(text, limit=80)!r} is not a Keycloak version")) from None
         self._version = (time.monotonic(), version)
         return version
 
-    def _version_read_done(self, read: asyncio.Future[Version]) -> None:
+    def _version_read_done(self, read: asyncio.Future[Version | None]) -> None:
         self._version_read = None
         if not read.cancelled():
             read.exception()  # retrieved here too, so a read nobody awaited any more is not reported as lost
 
     async def list_realms(self) -> list[str]:
         """The names of the realms the admin account may see."""
-        realms = await self._call("list the realms", self._admin.a_get_realms)
+        what = "list the realms"
+        realms = await self._call(what, "GET", "admin/realms")
+        if not isinstance(realms, list) or not all(isinstance(r, Mapping) and isinstance(r.get("realm"), str)
+                                                   for r in realms):
+            raise KeycloakFailure(_unexpected(what, "a list of realms"))
         return [str(realm["realm"]) for realm in realms]
 
     async def read_realm(self, realm: str) -> dict[str, Any]:
-        return dict(await self._call(f"read realm {realm!r}", self._admin.a_get_realm, realm, realm=realm))
+        """The realm's representation; refused unless it names exactly ``realm``."""
+        what = f"read realm {realm!r}"
+        representation = _object(await self._call(what, "GET", realm_path(realm), realm=realm), what)
+        named = representation.get("realm")
+        if named != realm:
+            # A case-insensitive database collation, or something in between rewriting the path: either way
+            # this is not the realm the MailConfig names, and nothing is written to it.
+            raise KeycloakFailure(Failure(
+                Reason.REALM_MISMATCH,
+                f"asked for realm {realm!r}, Keycloak answered with realm {redact(named, limit=80)!r}; kcmail "
+                "writes only to a realm whose name is exactly spec.realm", needs_person=True))
+        return representation
 
-    async def write_smtp_server(self, realm: str, smtp_server: Mapping[str, str],
-                                current: Mapping[str, Any] | None = None) -> None:
-        """Replace the realm's ``smtpServer`` map and nothing else.
-
-        ``current`` is the representation just read, saving a second GET when the caller has it.
-        """
-        representation = dict(current) if current is not None else await self.read_realm(realm)
-        representation["smtpServer"] = dict(smtp_server)
-        await self._call(f"update realm {realm!r}", self._admin.a_update_realm, realm, representation,
-                         realm=realm)
+    async def write_realm(self, realm: str, representation: Mapping[str, Any]) -> None:
+        """PUT ``representation`` (one just read, with kcmail's changes) back to ``realm``."""
+        if representation.get("realm") != realm:
+            raise KeycloakFailure(Failure(Reason.REALM_MISMATCH, f"refusing to write realm {realm!r} with a "
+                                          "representation of another realm", needs_person=True))
+        await self._call(f"update realm {realm!r}", "PUT", realm_path(realm), body=representation, realm=realm)
 
     async def _ensure_token(self) -> None:
         """Log in once, before the first call and when the token nears its end.
@@ -143,38 +189,78 @@ class KeycloakClient:
             if not valid():
                 await connection.a_get_token()
 
-    async def _call(self, what: str, method: Any, *args: Any, realm: str | None = None) -> Any:
+    async def _call(self, what: str, method: str, path: str, *, body: Mapping[str, Any] | None = None,
+                    realm: str | None = None) -> Any:
+        """One admin API call; the parsed JSON answer (None for an empty one)."""
+        connection = self._admin.connection
         try:
             async with self._slots:
                 await self._ensure_token()
-                return await method(*args)
+                if method == "PUT":
+                    response = await connection.a_raw_put(path, data=json.dumps(body))
+                else:
+                    response = await connection.a_raw_get(path)
         except KeycloakAuthenticationError as error:
             raise KeycloakFailure(Failure(
                 Reason.KEYCLOAK_AUTH_FAILED,
-                f"Keycloak refused the admin credentials: {_keycloak_words(error)}", needs_person=True)) from None
-        except (KeycloakConnectionError, httpx.HTTPError) as error:
-            cause = error.__cause__ or error
-            raise KeycloakFailure(Failure(
-                Reason.KEYCLOAK_UNREACHABLE,
-                f"cannot {what} at {self.url}: {type(cause).__name__}: {cause}")) from None
+                f"Keycloak refused the admin credentials: {_keycloak_words(error.response_body, self._secrets)}",
+                needs_person=True)) from None
         except KeycloakError as error:
-            raise KeycloakFailure(_classify(what, error, realm)) from None
-
-
-def _keycloak_words(error: KeycloakError) -> str:
-    """Keycloak's own message from an error body (errorMessage, error_description, error)."""
-    body = error.response_body
-    if isinstance(body, bytes | bytearray):
+            if isinstance(error, KeycloakConnectionError) or error.response_code is None:
+                raise KeycloakFailure(self._unreachable(what, error)) from None
+            raise KeycloakFailure(_classify(what, error.response_code, error.response_body, realm,
+                                            self._secrets)) from None
+        except httpx.HTTPError as error:
+            raise KeycloakFailure(self._unreachable(what, error)) from None
+        except (TypeError, KeyError, ValueError, AttributeError) as error:
+            # A login answer python-keycloak could not use (no access_token, not JSON, the wrong shape).
+            raise KeycloakFailure(_unexpected(what, f"a login answer with a token ({type(error).__name__})")) from None
+        if not 200 <= response.status_code <= 299:
+            raise KeycloakFailure(_classify(what, response.status_code, response.content, realm, self._secrets))
+        if not response.content:
+            return None
         try:
-            data = json.loads(body)
+            return json.loads(response.content)
         except ValueError:
-            text = body.decode(errors="replace").strip()
-            return text[:300] or f"HTTP {error.response_code}"
-        if isinstance(data, dict):
-            for key in ("errorMessage", "error_description", "error"):
-                if data.get(key):
-                    return str(data[key])
-    return f"HTTP {error.response_code}"
+            raise KeycloakFailure(_unexpected(what, "JSON")) from None
+
+    def _unreachable(self, what: str, error: BaseException) -> Failure:
+        cause: BaseException = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, AnswerTooLarge):
+            return Failure(Reason.KEYCLOAK_ANSWER_INVALID, f"cannot {what} at {self.url}: {cause}")
+        detail = redact(f"{type(cause).__name__}: {cause}", self._secrets)
+        return Failure(Reason.KEYCLOAK_UNREACHABLE, f"cannot {what} at {self.url}: {detail}")
+
+
+def _object(answer: Any, what: str) -> dict[str, Any]:
+    if not isinstance(answer, dict):
+        raise KeycloakFailure(_unexpected(what, "a JSON object"))
+    return answer
+
+
+def _unexpected(what: str, expected: str) -> Failure:
+    """An answer that is not what Keycloak's admin API gives: a proxy's page, another service, a hostile one."""
+    return Failure(Reason.KEYCLOAK_ANSWER_INVALID,
+                   f"cannot {what}: Keycloak's answer is not {expected}; is the Connection's url a Keycloak?")
+
+
+def _keycloak_words(body: bytes | None, secrets: tuple[str, ...] = ()) -> str:
+    """Keycloak's own message from an error body (errorMessage, error_description, error), redacted.
+
+    Only those fields: the body of an answer that is not Keycloak's JSON may be any service's page (a
+    namespaced Connection's url is a tenant's to choose), and is never quoted.
+    """
+    try:
+        data = json.loads(body or b"")
+    except ValueError:
+        return "no message"
+    if isinstance(data, dict):
+        for key in ("errorMessage", "error_description", "error"):
+            if data.get(key):
+                return redact(data[key], secrets)
+    return "no message"
 
 
 # OAuth2 token errors (RFC 6749 5.2) that mean the admin login itself was refused. Keycloak 26 answers a
@@ -182,19 +268,18 @@ def _keycloak_words(error: KeycloakError) -> str:
 _LOGIN_REFUSED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
 
 
-def _oauth_error(error: KeycloakError) -> str:
+def _oauth_error(body: bytes | None) -> str:
     """The OAuth2 ``error`` code of a token endpoint answer, or ""."""
     try:
-        data = json.loads(error.response_body or b"")
+        data = json.loads(body or b"")
     except (TypeError, ValueError):
         return ""
     return str(data.get("error") or "") if isinstance(data, dict) else ""
 
 
-def _classify(what: str, error: KeycloakError, realm: str | None) -> Failure:
-    code = error.response_code or 0
-    words = _keycloak_words(error)
-    if _oauth_error(error) in _LOGIN_REFUSED:
+def _classify(what: str, code: int, body: bytes | None, realm: str | None, secrets: tuple[str, ...] = ()) -> Failure:
+    words = _keycloak_words(body, secrets)
+    if _oauth_error(body) in _LOGIN_REFUSED:
         return Failure(Reason.KEYCLOAK_AUTH_FAILED, f"Keycloak refused the admin credentials: {words}",
                        needs_person=True)
     if code == 404 and realm is not None:

@@ -121,6 +121,11 @@ class Kube:
         raw = json.loads(await self._call("GET", f"/api/v1/namespaces/{_segment(namespace)}"))
         return dict((raw.get("metadata") or {}).get("labels") or {})
 
+    async def mailconfig_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of the MailConfig ``namespace/name``, or None when there is none."""
+        raw = await self._read(custom_object_path(MAILCONFIGS, name, namespace))
+        return None if raw is None else str((raw.get("metadata") or {}).get("uid", ""))
+
     async def connection(self, kind: ConnectionKind, name: str, namespace: str | None) -> dict[str, Any] | None:
         return await self._read(custom_object_path(PLURALS[kind], name,
                                                    None if kind is ConnectionKind.CLUSTER else namespace))

@@ -15,13 +15,15 @@ import datetime
 import hashlib
 import json
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from kcmail.answers import AnswerTooLarge
 from kcmail.conditions import Failure, Reason
+from kcmail.redact import redact
 
 # Keycloak assumes 60 s when the answer has no expires_in; so do we.
 DEFAULT_EXPIRES_IN = 60
@@ -46,21 +48,26 @@ class TokenFailure(Exception):
         self.failure = failure
 
 
-def classify_response(status: int, body: bytes, content_type: str, now: datetime.datetime) -> Token | Failure:
-    """A token endpoint's answer → a token, or the reason it is not one (pure)."""
+def classify_response(status: int, body: bytes, content_type: str, now: datetime.datetime,
+                      secrets: Iterable[str] = ()) -> Token | Failure:
+    """A token endpoint's answer → a token, or the reason it is not one (pure).
+
+    Only the OAuth2 ``error`` and ``error_description`` are quoted, redacted of ``secrets`` (what was
+    sent): never the rest of a body, which may be any service's page when the URL is not a token endpoint.
+    """
     try:
         data: Any = json.loads(body) if body else None
     except ValueError:
         data = None
     if not isinstance(data, Mapping):
-        kind = content_type.split(";")[0].strip() or "no content type"
+        kind = redact(content_type.split(";")[0].strip(), limit=80) or "no content type"
         return Failure(Reason.TOKEN_ENDPOINT_ERROR,
                        f"token endpoint answered HTTP {status} with a body that is not a JSON object ({kind})")
     error = data.get("error")
     if error or status >= 400:
         description = str(data.get("error_description") or "").strip()
         words = f"{error or 'no error code'}" + (f": {description}" if description else "")
-        message = f"token endpoint answered HTTP {status}: {words}"
+        message = f"token endpoint answered HTTP {status}: {redact(words, secrets)}"
         if error in _INVALID_CLIENT:
             return Failure(Reason.INVALID_CLIENT, message)
         if error == "invalid_scope":
@@ -77,22 +84,26 @@ def classify_response(status: int, body: bytes, content_type: str, now: datetime
     return Token(access_token=token, expires_at=now + datetime.timedelta(seconds=expires_in))
 
 
-def _unreachable(url: str, error: Exception) -> Failure:
+def _unreachable(url: str, error: Exception, secrets: Iterable[str] = ()) -> Failure:
     host = httpx.URL(url).host
+    if isinstance(error, AnswerTooLarge):
+        return Failure(Reason.TOKEN_ENDPOINT_ERROR, f"the token endpoint at {host} answered, but {error}")
     cause: BaseException = error
     while cause.__cause__ is not None or cause.__context__ is not None:
         nested = cause.__cause__ or cause.__context__
         assert nested is not None
         cause = nested
-    if isinstance(cause, ssl.SSLCertVerificationError):
+    # A timeout first: one during a TLS read ends in an SSLWantReadError, which is no handshake failure.
+    if isinstance(error, httpx.TimeoutException):
+        detail = f"timed out ({type(error).__name__})"
+    elif isinstance(cause, ssl.SSLCertVerificationError):
         detail = f"TLS certificate not trusted: {cause.verify_message or cause.reason}"
     elif isinstance(cause, ssl.SSLError):
         detail = f"TLS handshake failed: {cause.reason or cause}"
-    elif isinstance(error, httpx.TimeoutException):
-        detail = f"timed out ({type(error).__name__})"
     else:
         detail = f"{type(cause).__name__}: {cause}"
-    return Failure(Reason.TOKEN_ENDPOINT_UNREACHABLE, f"cannot reach the token endpoint at {host}: {detail}")
+    return Failure(Reason.TOKEN_ENDPOINT_UNREACHABLE,
+                   f"cannot reach the token endpoint at {host}: {redact(detail, secrets)}")
 
 
 @dataclass(frozen=True)
@@ -165,9 +176,9 @@ class TokenClient:
         try:
             response = await self._http.post(request.url, data=form, headers={"Accept": "application/json"})
         except httpx.HTTPError as error:
-            raise TokenFailure(_unreachable(request.url, error)) from None
+            raise TokenFailure(_unreachable(request.url, error, [request.client_secret])) from None
         outcome = classify_response(response.status_code, response.content,
-                                    response.headers.get("content-type", ""), self._now())
+                                    response.headers.get("content-type", ""), self._now(), [request.client_secret])
         if isinstance(outcome, Failure):
             raise TokenFailure(outcome)
         return outcome

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import yaml
 
+from kcmail.answers import TOKEN_ANSWER_LIMIT, limited_client
 from kcmail.conditions import Failure
 from kcmail.oauth import TokenClient, TokenFailure
 from kcmail.probes import send_spec, smtp_target, token_request
@@ -333,7 +334,8 @@ async def run_probe(probe: ProbeInput, tls: ssl.SSLContext, step_timeout: float 
             statuses.append(response.status_code)
 
         limits = httpx.Timeout(step_timeout or TOKEN_TIMEOUT, connect=step_timeout or TOKEN_CONNECT_TIMEOUT)
-        async with httpx.AsyncClient(verify=tls, timeout=limits, event_hooks={"response": [record]}) as http:
+        async with limited_client(TOKEN_ANSWER_LIMIT, verify=tls, timeout=limits,
+                                  event_hooks={"response": [record]}) as http:
             started = time.monotonic()
             try:
                 token = await TokenClient(http).token(request)

@@ -32,6 +32,9 @@ class OperatorOptions:
     probe_concurrency: int = PROBE_CONCURRENCY
     # Admin calls in flight at a time through each Connection's Keycloak client.
     keycloak_concurrency: int = KEYCLOAK_CONCURRENCY
+    # False: MailConfigs may not use namespaced KeycloakConnections, so tenants cannot pick a Keycloak
+    # endpoint (and with it a host kcmail connects to and quotes in status).
+    namespaced_connections: bool = True
 
 
 def backoff(attempt: int, interval: datetime.timedelta) -> float:

@@ -3,6 +3,11 @@ PLAIN/LOGIN), optionally send a labelled probe message, and QUIT; every failure 
 
 An XOAUTH2 bearer token can be handed over as a callable that is awaited at the AUTH step, once the
 connection, TLS and EHLO are done: a token checked then still has its life when the server validates it.
+
+Whatever the server says (greeting, EHLO keywords, certificate names, replies) is quoted only through
+kcmail.redact, with the password or token of this conversation as known secrets: the server may be a
+tenant's, and may echo the SASL string it was sent. An answer that is not an SMTP reply is never quoted:
+the host may be any service inside the cluster, and its banner is not the tenant's to read.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import aiosmtplib
 
 from kcmail.conditions import Failure, Reason
+from kcmail.redact import redact
 from kcmail.spec import AuthType, Security
 
 
@@ -91,22 +97,36 @@ class _Stop(Exception):
         self.failure = failure
 
 
-def _reply(error: aiosmtplib.SMTPResponseException) -> str:
-    return f"{error.code} {error.message}".strip()
+# What aiosmtplib reports for an answer that is no SMTP reply (no three-digit code, an overlong line).
+_NOT_A_REPLY = -1
+
+
+def _reply(error: aiosmtplib.SMTPResponseException, secrets: tuple[str, ...] = ()) -> str:
+    """The server's reply, redacted; an answer that is no SMTP reply is described, never quoted."""
+    if error.code == _NOT_A_REPLY:
+        return "an answer that is not an SMTP reply (is this an SMTP server?)"
+    return redact(f"{error.code} {error.message}", secrets)
+
+
+def _error_text(error: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """An exception's words for a message: a server's reply through :func:`_reply`, anything else redacted."""
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return _reply(error, secrets)
+    return redact(f"{type(error).__name__}: {error}", secrets)
 
 
 def _tls_failure(target: SmtpTarget, error: BaseException) -> Failure:
     where = f"{target.host}:{target.port}"
     if isinstance(error, ssl.SSLCertVerificationError):
         return Failure(Reason.CERTIFICATE_UNTRUSTED,
-                       f"{where}: certificate not trusted: {error.verify_message or error.reason}")
-    return Failure(Reason.TLS_HANDSHAKE_FAILED, f"{where}: TLS handshake failed: {error}")
+                       f"{where}: certificate not trusted: {redact(error.verify_message or error.reason)}")
+    return Failure(Reason.TLS_HANDSHAKE_FAILED, f"{where}: TLS handshake failed: {_error_text(error)}")
 
 
 def _names(rdns: object) -> str:
     """An X.509 name as ``getpeercert()`` gives it → "CN=…, O=…" (only the attributes a person reads)."""
     short = {"commonName": "CN", "organizationName": "O"}
-    parts = [f"{short[key]}={value}" for rdn in (rdns if isinstance(rdns, tuple) else ())
+    parts = [f"{short[key]}={redact(value, limit=80)}" for rdn in (rdns if isinstance(rdns, tuple) else ())
              for key, value in rdn if key in short]
     return ", ".join(parts) or "(no CN or O)"
 
@@ -133,7 +153,7 @@ def _tls_summary(client: aiosmtplib.SMTP) -> str:
 def _capabilities(client: aiosmtplib.SMTP) -> str:
     extensions = " ".join(sorted(client.esmtp_extensions))
     methods = " ".join(method.upper() for method in client.server_auth_methods)
-    return extensions + (f" (AUTH {methods})" if methods else "")
+    return redact(extensions + (f" (AUTH {methods})" if methods else ""), limit=300)
 
 
 def _root(error: BaseException) -> BaseException:
@@ -179,6 +199,8 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
     """Run every step; stop at the first failure, or before AUTH when the bearer callable has no token.
     QUIT is always attempted."""
     result = SmtpProbeResult(probe_id=uuid.uuid4().hex[:12])
+    # The password or token of this conversation, once known: a server may quote what it was sent.
+    known: list[str] = [credentials.secret] if credentials.secret else []
     client = aiosmtplib.SMTP(hostname=target.host, port=target.port, timeout=target.timeout,
                              use_tls=target.security is Security.SSL, start_tls=False, tls_context=tls,
                              local_hostname="kcmail-probe")
@@ -190,7 +212,7 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
         except _Stop as stop:
             result.steps.append(Step(name, False, time.monotonic() - started, stop.failure.message))
             raise
-        result.steps.append(Step(name, True, time.monotonic() - started, detail))
+        result.steps.append(Step(name, True, time.monotonic() - started, redact(detail, known)))
 
     async def connect() -> str:
         try:
@@ -201,7 +223,7 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
             if isinstance(root, ssl.SSLError):
                 raise _Stop(_tls_failure(target, root)) from None
             raise _Stop(Failure(Reason.SMTP_UNREACHABLE,
-                                f"cannot connect to {target.host}:{target.port}: {error}")) from None
+                                f"cannot connect to {target.host}:{target.port}: {_error_text(error)}")) from None
         tls_note = f", {_tls_summary(client)}" if target.security is Security.SSL else ""
         return f"connected to {target.host}:{target.port}{tls_note}"
 
@@ -233,8 +255,8 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
         try:
             response = await call
         except aiosmtplib.SMTPAuthenticationError as error:
-            raise _Stop(Failure(Reason.AUTHENTICATION_REJECTED,
-                                f"AUTH {mechanism} as {credentials.username} refused: {_reply(error)}")) from None
+            raise _Stop(Failure(Reason.AUTHENTICATION_REJECTED, f"AUTH {mechanism} as {credentials.username} "
+                                f"refused: {_reply(error, tuple(known))}")) from None
         return f"AUTH {mechanism} as {credentials.username}: {response.code} {response.message}"
 
     async def deliver() -> str:
@@ -243,10 +265,11 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
             await client.send_message(probe_message(send, result.probe_id), sender=send.sender,
                                       recipients=[send.recipient])
         except aiosmtplib.SMTPRecipientsRefused as error:
-            replies = "; ".join(_reply(r) for r in error.recipients)
+            replies = "; ".join(_reply(r, tuple(known)) for r in error.recipients)
             raise _Stop(Failure(Reason.RECIPIENT_REJECTED, f"RCPT TO {send.recipient} refused: {replies}")) from None
         except aiosmtplib.SMTPResponseException as error:
-            raise _Stop(Failure(Reason.SEND_FAILED, f"sending the probe failed: {_reply(error)}")) from None
+            raise _Stop(Failure(Reason.SEND_FAILED, f"sending the probe failed: {_reply(error, tuple(known))}")) \
+                from None
         return f"probe {result.probe_id} accepted for {send.recipient}"
 
     try:
@@ -265,15 +288,15 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
             if secret is None:
                 result.stopped_before_auth = True
                 return result
+            known.append(secret)
             await step("auth", lambda: authenticate(mechanism, secret))
         if send is not None:
             await step("send", deliver)
     except _Stop as stop:
         result.failure = stop.failure
     except (aiosmtplib.SMTPException, OSError) as error:
-        result.failure = Failure(Reason.SMTP_UNREACHABLE,
-                                 f"{target.host}:{target.port} closed the conversation: {type(error).__name__}: "
-                                 f"{error}")
+        result.failure = Failure(Reason.SMTP_UNREACHABLE, f"{target.host}:{target.port} closed the conversation: "
+                                 f"{_error_text(error, tuple(known))}")
     finally:
         if client.is_connected:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):

@@ -21,6 +21,19 @@ TIMEOUTS_SINCE = (26, 5, 0)
 
 Version = tuple[int, int, int]
 
+# Since 26.4.0 (and 26.2.10, where the change was backported) /admin/serverinfo shows systemInfo, the
+# version with it, only to admins of the master realm (keycloak#42859). A Keycloak that hides it from an
+# admin of another realm is therefore at least this one: token auth is there. Keys newer than that are
+# written as to the newest Keycloak: an older one stores them in the realm's map and ignores them.
+HIDDEN_VERSION_AT_LEAST: Version = (26, 2, 10)
+
+
+def version_text(version: Version | None) -> str:
+    """What status.keycloakVersion shows: the version, or what is known when Keycloak hides it."""
+    if version is None:
+        return f"{'.'.join(map(str, HIDDEN_VERSION_AT_LEAST))} or newer (hidden from non-master admins)"
+    return ".".join(map(str, version))
+
 
 class UnsupportedVersion(ValueError):
     """The Keycloak in front of us cannot hold what the MailConfig asks for."""
@@ -44,10 +57,13 @@ def _millis(seconds: float) -> str:
     return str(round(seconds * 1000))
 
 
-def desired_smtp_server(spec: MailConfigSpec, credentials: Credentials, version: Version) -> dict[str, str]:
-    """The whole ``smtpServer`` map Keycloak should hold. Empty optional values are left out."""
+def desired_smtp_server(spec: MailConfigSpec, credentials: Credentials, version: Version | None) -> dict[str, str]:
+    """The whole ``smtpServer`` map Keycloak should hold. Empty optional values are left out.
+
+    ``version`` None: Keycloak hides it (``HIDDEN_VERSION_AT_LEAST``).
+    """
     auth = spec.auth
-    if auth.type is AuthType.XOAUTH2 and version < TOKEN_AUTH_SINCE:
+    if auth.type is AuthType.XOAUTH2 and not _has(version, TOKEN_AUTH_SINCE):
         raise UnsupportedVersion(
             f"XOAUTH2 needs Keycloak 26.2.0 or newer; this one is {'.'.join(map(str, version))}")
     smtp, sender = spec.smtp, spec.sender
@@ -64,9 +80,9 @@ def desired_smtp_server(spec: MailConfigSpec, credentials: Credentials, version:
         "replyToDisplayName": sender.reply_to_display_name,
         "envelopeFrom": sender.envelope_from,
     }
-    if version >= ALLOW_UTF8_SINCE:
+    if _has(version, ALLOW_UTF8_SINCE):
         settings["allowutf8"] = _flag(smtp.allow_utf8)
-    if version >= TIMEOUTS_SINCE:
+    if _has(version, TIMEOUTS_SINCE):
         settings["connectionTimeout"] = _millis(smtp.timeouts.connect.total_seconds())
         settings["timeout"] = _millis(smtp.timeouts.read.total_seconds())
         settings["writeTimeout"] = _millis(smtp.timeouts.write.total_seconds())
@@ -83,6 +99,11 @@ def desired_smtp_server(spec: MailConfigSpec, credentials: Credentials, version:
     elif auth.type is AuthType.BASIC:
         settings |= {"user": auth.username, "authType": "basic", "password": credentials.password}
     return {key: value for key, value in settings.items() if value != ""}
+
+
+def _has(version: Version | None, since: Version) -> bool:
+    """Whether a Keycloak of ``version`` knows what came in ``since``; a hidden version counts as new."""
+    return version is None or version >= since
 
 
 def cleared_smtp_server() -> dict[str, str]:

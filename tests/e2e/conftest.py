@@ -89,8 +89,10 @@ class Tenant:
             return operator_env.issuer_secret(self.env, self.namespace, name)
         return operator_env.secret(self.namespace, name, data)
 
-    def mailconfig(self, name: str = "mail", secret_name: str = "smtp-oauth", **spec: Any) -> dict[str, Any]:
-        return operator_env.xoauth2_mailconfig(self.env, self.namespace, name, self.realm,
+    def mailconfig(self, name: str = "mail", secret_name: str = "smtp-oauth", realm: str | None = None,
+                   **spec: Any) -> dict[str, Any]:
+        """``realm``: another realm than the test's own."""
+        return operator_env.xoauth2_mailconfig(self.env, self.namespace, name, realm or self.realm,
                                                secret_name=secret_name, **spec)
 
     def get(self, kind: str, name: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 
 from kcmail.devenv.clients import realm_changes
 from kcmail.devenv.mail_spool import wait_for_message
+from kcmail.ownership import Owner, recorded_owner
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +26,10 @@ def test_mailconfig_becomes_ready_and_keycloak_sends_with_its_settings(operator,
     assert ready["status"]["keycloakVersion"] == tenant.env.keycloak_version
     assert ready["status"]["appliedSecretVersion"].count("/") == 1
 
-    assert realm_changes(before, tenant.admin.realm(tenant.realm)) == []
+    after = tenant.admin.realm(tenant.realm)
+    assert realm_changes(before, after) == []
+    # The realm names its owner, in the same write: the MailConfig's uid and namespace/name.
+    assert recorded_owner(after) == Owner(uid=ready["metadata"]["uid"], mailconfig=f"{tenant.namespace}/mail")
 
     since = datetime.datetime.now(datetime.UTC)
     sent = tenant.admin.request("POST", f"/{tenant.realm}/testSMTPConnection", json=stored)

@@ -1,5 +1,6 @@
-"""Two MailConfigs for one realm of one Keycloak: the older owns it, the newer writes nothing and says so,
-and takes over within seconds once the owner is deleted.
+"""Two MailConfigs for one realm of one Keycloak: the one the realm records as its owner (the first to write
+it) keeps it, the other writes nothing and says so, and takes over within seconds once the owner is deleted
+and has taken its record off the realm.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from kcmail.devenv import operator_env
+from kcmail.ownership import Owner, recorded_owner
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +35,7 @@ def _next_second_after(moment: datetime.datetime) -> None:
 
 
 @pytest.mark.parametrize("placement", ["other-namespace", "same-namespace"])
-def test_the_older_mailconfig_owns_the_realm_and_the_newer_takes_over_when_it_goes(operator, tenant, placement):
+def test_the_recorded_owner_keeps_the_realm_and_the_other_takes_over_when_it_goes(operator, tenant, placement):
     tenant.apply(tenant.secret(), tenant.mailconfig(sender={"from": "no-reply@acme.example",
                                                             "fromDisplayName": "Older"}))
     older = tenant.wait_condition("True")
@@ -57,7 +59,10 @@ def test_the_older_mailconfig_owns_the_realm_and_the_newer_takes_over_when_it_go
                                  sender={"from": "no-reply@acme.example", "fromDisplayName": "Newer"}))
     newer = other.wait_condition("False", "RealmConflict", name=name)
     conditions = _conditions(newer)
-    assert f"MailConfig {tenant.namespace}/mail (older) already manages this realm" in conditions["Ready"]["message"]
+    owner = f"MailConfig {tenant.namespace}/mail (uid {older['metadata']['uid']}) owns this realm's mail settings"
+    assert owner in conditions["Ready"]["message"]
+    recorded = recorded_owner(tenant.admin.realm(tenant.realm))
+    assert recorded == Owner(older["metadata"]["uid"], f"{tenant.namespace}/mail")
     assert conditions["Stalled"]["reason"] == "RealmConflict"
     assert "lastAppliedTime" not in newer["status"]
     assert any(e["reason"] == "RealmConflict" and e["type"] == "Warning" for e in other.events(name))
@@ -79,3 +84,4 @@ def test_the_older_mailconfig_owns_the_realm_and_the_newer_takes_over_when_it_go
     assert "Stalled" not in _conditions(taken_over)
     assert tenant.smtp_server()["fromDisplayName"] == "Newer"
     assert json.dumps(taken_over).count("RealmConflict") == 0
+    assert recorded_owner(tenant.admin.realm(tenant.realm)).mailconfig == f"{other.namespace}/{name}"

@@ -198,3 +198,49 @@ def test_basic_auth_is_applied_and_delivers_on_26_4_and_on_26_7(operator, legacy
         assert message.auth is not None
         assert (message.auth.mechanism, message.auth.user) in {("PLAIN", env.smtp_basic_user),
                                                                 ("LOGIN", env.smtp_basic_user)}
+
+
+def _realm_admin_client(legacy: Legacy, realm: str, client_id: str, secret: str) -> None:
+    """A confidential client of ``realm`` whose service account may view and manage that realm only."""
+    admin = legacy.admin
+    admin.create(f"/{realm}/clients", {"clientId": client_id, "enabled": True, "publicClient": False,
+                                       "secret": secret, "serviceAccountsEnabled": True,
+                                       "standardFlowEnabled": False})
+    (client,) = admin.request("GET", f"/{realm}/clients", params={"clientId": client_id}).json()
+    user = admin.request("GET", f"/{realm}/clients/{client['id']}/service-account-user").json()
+    (management,) = admin.request("GET", f"/{realm}/clients", params={"clientId": "realm-management"}).json()
+    roles = [role for role in admin.request("GET", f"/{realm}/clients/{management['id']}/roles").json()
+             if role["name"] in ("manage-realm", "view-realm")]
+    admin.request("POST", f"/{realm}/users/{user['id']}/role-mappings/clients/{management['id']}", json=roles)
+
+
+def test_an_admin_of_another_realm_than_master_on_26_4_applies_though_the_version_is_hidden(operator, legacy_tenant,
+                                                                                           legacy):
+    # Keycloak 26.4 shows systemInfo only to admins of master (keycloak#42859); this account belongs to the
+    # target realm itself.
+    tenant = legacy_tenant
+    secret = f"realm-admin-{uuid.uuid4().hex}"
+    _realm_admin_client(legacy, tenant.realm, "kcmail-realm-admin", secret)
+    hidden = "26.2.10 or newer (hidden from non-master admins)"
+    tenant.apply(
+        operator_env.secret(tenant.namespace, "realm-admin", {"client-id": "kcmail-realm-admin",
+                                                              "client-secret": secret}),
+        {"apiVersion": "kcmail.io/v1alpha1", "kind": "KeycloakConnection",
+         "metadata": {"name": "realm-admin", "namespace": tenant.namespace},
+         "spec": {"url": legacy.server.url, "adminRealm": tenant.realm,
+                  "credentialsSecretRef": {"name": "realm-admin"}, "tls": {"caSecretRef": {"name": "legacy-ca"}}}},
+        tenant.secret(),
+        tenant.mailconfig(connectionRef={"kind": "KeycloakConnection", "name": "realm-admin"},
+                          smtp=_smtp(tenant.env)))
+    connection = tenant.wait_connection("True", "Connected", name="realm-admin")
+    assert connection["status"]["keycloakVersion"] == hidden
+    applied = tenant.wait_condition("True", "InSync", kind="Applied")
+    assert applied["status"]["keycloakVersion"] == hidden
+    stored = _legacy_smtp_server(legacy, tenant.realm)
+    assert (stored["authType"], stored["authTokenClientSecret"]) == ("token", "**********")
+    # Written as to a new Keycloak: 26.4.7 stores the timeout keys and ignores them (see _stored_as_is).
+    assert {key: stored.get(key) for key in TIMEOUT_KEYS} == {
+        "connectionTimeout": "7000", "timeout": "8000", "writeTimeout": "9000"}
+    message = _send_test_mail(legacy.admin.request, tenant.realm, stored, tenant.env.smtp_spool, LEGACY_ADMIN_EMAIL)
+    assert message.auth is not None
+    assert message.auth.mechanism == "XOAUTH2"

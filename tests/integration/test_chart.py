@@ -21,6 +21,7 @@ import yaml
 
 from kcmail import metrics
 from kcmail.devenv import components, operator_env, versions
+from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
 from kcmail.devenv.kube import write_kubeconfig
 from kcmail.devenv.processes import ProcessRegistry, free_port
@@ -171,6 +172,7 @@ def test_chart_refuses_contradictory_values(helm, devenv, tmp_path):
         "watchNamespaces/0": {"watchNamespaces": ["Not_A_Namespace"]},
         "rbac/scope": {"rbac": {"scope": "everything"}},
         "keycloakConcurrency": {"keycloakConcurrency": 0},
+        "namespacedConnections": {"namespacedConnections": "no"},
     }
     for message, values in cases.items():
         result = subprocess.run([str(helm), "template", "x", str(CHART), "--kube-version", devenv.kubernetes_version,
@@ -199,11 +201,17 @@ def test_deployment_runs_one_hardened_replica_with_the_chart_values(helm, devenv
     assert container["args"][:2] == ["run", "--liveness=http://0.0.0.0:8081/healthz"]
     assert "--probe-concurrency=3" in container["args"]
     assert "--keycloak-concurrency=48" in container["args"]
+    assert "--no-namespaced-connections" not in container["args"]
     assert [a for a in container["args"] if a.startswith("--namespace=")] == ["--namespace=one", "--namespace=two"]
     assert "--ca-bundle=/etc/kcmail/ca/ca.crt" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     (ca_volume,) = [v for v in pod["volumes"] if v["name"] == "ca-bundle"]
     assert ca_volume["secret"]["secretName"] == "corp-ca"
+
+
+def test_namespaced_connections_can_be_refused(helm, devenv, namespaces, tmp_path):
+    docs = render(helm, devenv, tmp_path, {"namespacedConnections": False}, release="r", namespace=namespaces.release)
+    assert "--no-namespaced-connections" in _container(docs)["args"]
 
 
 def test_metrics_service_matches_the_operator_port_and_can_be_turned_off(helm, devenv, namespaces, tmp_path):
@@ -421,6 +429,64 @@ def test_namespaced_rbac_keeps_secrets_of_other_namespaces_out_of_reach(helm, de
         assert not _can_i(kubectl, as_operator, verb, resource, "-n", namespaces.watched), (verb, resource)
     assert not _can_i(kubectl, as_operator, "delete", "clusterkeycloakconnections.kcmail.io")
     assert not _can_i(kubectl, as_operator, "create", "customresourcedefinitions.apiextensions.k8s.io")
+
+
+def _wait_reason(kubectl: Any, namespace: str | None, name: str, reason: str, *, resource: str = "mailconfig",
+                 timeout: float = 90) -> dict[str, Any]:
+    """Poll until the object's Ready condition (for its current generation) has ``reason``."""
+    deadline = time.monotonic() + timeout
+    obj: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        result = kubectl("get", resource, name, *(["-n", namespace] if namespace else []), "-o", "json")
+        assert result.returncode == 0, result.stderr
+        obj = json.loads(result.stdout)
+        status = obj.get("status") or {}
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+        if ready and ready["reason"] == reason and status.get("observedGeneration") == obj["metadata"]["generation"]:
+            return ready
+        time.sleep(1)
+    raise AssertionError(f"{resource} {name}: no Ready reason {reason} in {timeout} s: {json.dumps(obj.get('status'))}")
+
+
+def test_an_operator_held_to_its_namespace_says_what_it_may_not_read_or_use(helm, devenv, kubectl, namespaces,
+                                                                           registry, tmp_path):
+    # Namespaced RBAC without rbac.connectionSecretNamespaces: the ClusterKeycloakConnection's Secrets (in
+    # kcmail-system) are out of reach. And namespaced KeycloakConnections refused.
+    values = {"watchNamespaces": [namespaces.watched], "namespacedConnections": False,
+              "rbac": {"scope": "namespaced"}}
+    rbac = install_rbac(helm, devenv, kubectl, namespaces, tmp_path, values)
+    assert "--no-namespaced-connections" in rbac.args
+    realm = f"held-{uuid.uuid4().hex[:6]}"
+    operator_env.create_realm(devenv, realm)
+    ns = namespaces.watched
+    operator_env.apply(devenv, operator_env.issuer_secret(devenv, ns, "oauth-held"),
+                       operator_env.xoauth2_mailconfig(devenv, ns, "via-cluster", realm, secret_name="oauth-held"),
+                       *operator_env.keycloak_connection(devenv, ns, "tenant-kc"),
+                       operator_env.xoauth2_mailconfig(devenv, ns, "via-namespaced", realm, secret_name="oauth-held",
+                                                       connectionRef={"kind": "KeycloakConnection",
+                                                                      "name": "tenant-kc"}))
+    keycloak_log_start = devenv.keycloak_log.stat().st_size
+    process = registry.start("operator-held", [sys.executable, "-m", "kcmail.cli", *_local_args(rbac.args, devenv)],
+                             env={"KUBECONFIG": str(rbac.kubeconfig), "PYTHONUNBUFFERED": "1"})
+    try:
+        forbidden = _wait_reason(kubectl, ns, "via-cluster", "KubernetesForbidden")
+        assert "forbidden" in forbidden["message"].lower()
+        assert "rbac.connectionSecretNamespaces" in forbidden["message"]
+        refused = _wait_reason(kubectl, ns, "via-namespaced", "ConnectionNotAllowed")
+        assert "--no-namespaced-connections" in refused["message"]
+        connection = _wait_reason(kubectl, ns, "tenant-kc", "ConnectionNotAllowed", resource="keycloakconnection")
+        assert "ClusterKeycloakConnection" in connection["message"]
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\noperator log:\n{process.log.read_text(errors='replace')[-4000:]}") from None
+    registry.stop_all()
+    assert KeycloakAdminAPI(devenv).realm(realm).get("smtpServer") in (None, {})
+    # Neither Connection led kcmail to Keycloak: the namespaced one is refused unread, the cluster one unreadable.
+    # (The access log does record requests: the test's own read of the realm just now is in it.)
+    with devenv.keycloak_log.open(errors="replace") as log:
+        log.seek(keycloak_log_start)
+        requests = [line for line in log if '"GET /admin/realms/' in line or '"POST /' in line]
+    assert any(f"/admin/realms/{realm} " in line for line in requests)
+    assert [line for line in requests if '"kcmail/' in line] == []
 
 
 # --- the commands docs/install.md gives ---------------------------------------------------------------

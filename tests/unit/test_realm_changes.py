@@ -28,3 +28,10 @@ def test_a_reset_setting_is_reported():
 def test_a_new_attribute_with_another_value_is_reported():
     after = {**BEFORE, "attributes": {**BEFORE["attributes"], "clientSessionIdleTimeout": "30"}}
     assert realm_changes(BEFORE, after) == ["attributes.clientSessionIdleTimeout: None -> '30'"]
+
+
+def test_kcmails_owner_record_is_not_a_change_but_any_other_new_attribute_is():
+    after = {**BEFORE, "attributes": {**BEFORE["attributes"], "kcmail.io/owner": '{"uid":"u","mailconfig":"a/b"}'}}
+    assert realm_changes(BEFORE, after) == []
+    after["attributes"]["kcmail.io/other"] = "x"
+    assert realm_changes(BEFORE, after) == ["attributes.kcmail.io/other: None -> 'x'"]

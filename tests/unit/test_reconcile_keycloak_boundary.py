@@ -3,16 +3,17 @@
 No Keycloak older than 26.2 can run here (the Maven distribution starts at 26.4.0), so the Kubernetes
 reads and the Keycloak admin client are small hand-written fakes of the two interfaces the Reconciler
 uses. The newer versions are also covered against real servers in tests/e2e/test_versions.py. The 409
-test keeps the real KeycloakClient and fakes python-keycloak's answer underneath it.
+test keeps the real KeycloakClient and fakes the HTTP answers python-keycloak hands it.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
+import httpx
 import pytest
-from keycloak.exceptions import KeycloakPutError
 
 from kcmail.keycloak import AdminCredentials, KeycloakClient
 from kcmail.kube import Secret
@@ -57,6 +58,9 @@ class FakeKube:
     async def namespace_labels(self, namespace: str) -> dict[str, str]:
         return {}
 
+    async def mailconfig_uid(self, namespace: str, name: str) -> str | None:
+        return None
+
 
 class FakeKeycloak:
     """A Keycloak admin client of a given version holding one realm."""
@@ -73,12 +77,13 @@ class FakeKeycloak:
         assert realm == "acme"
         return dict(self.realm)
 
-    async def write_smtp_server(self, realm: str, smtp_server: dict[str, str],
-                                current: dict[str, Any] | None = None) -> None:
+    async def write_realm(self, realm: str, representation: dict[str, Any]) -> None:
+        smtp_server = representation["smtpServer"]
         self.writes.append(dict(smtp_server))
         # What a GET shows afterwards: secrets masked.
         self.realm["smtpServer"] = {k: "**********" if k in ("password", "authTokenClientSecret") else v
                                     for k, v in smtp_server.items()}
+        self.realm["attributes"] = dict(representation.get("attributes") or {})
 
 
 class FakeClients:
@@ -111,7 +116,7 @@ def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 async def test_xoauth2_below_26_2_stalls_as_unsupported_version_and_writes_nothing():
     keycloak = FakeKeycloak((26, 1, 4))
-    result = await _reconciler(keycloak).reconcile(_mailconfig(XOAUTH2_AUTH), lambda realm: [])
+    result = await _reconciler(keycloak).reconcile(_mailconfig(XOAUTH2_AUTH))
 
     assert keycloak.writes == []
     assert "smtpServer" not in keycloak.realm
@@ -132,7 +137,7 @@ async def test_xoauth2_below_26_2_stalls_as_unsupported_version_and_writes_nothi
 
 async def test_basic_auth_below_26_2_is_applied():
     keycloak = FakeKeycloak((26, 1, 4))
-    result = await _reconciler(keycloak).reconcile(_mailconfig(BASIC_AUTH), lambda realm: [])
+    result = await _reconciler(keycloak).reconcile(_mailconfig(BASIC_AUTH))
 
     assert len(keycloak.writes) == 1
     written = keycloak.writes[0]
@@ -146,10 +151,10 @@ async def test_basic_auth_below_26_2_is_applied():
 async def test_upgrade_past_26_2_lets_a_stalled_xoauth2_mailconfig_apply():
     keycloak = FakeKeycloak((26, 1, 4))
     reconciler = _reconciler(keycloak)
-    stalled = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH), lambda realm: [])
+    stalled = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH))
 
     keycloak.server_version = (26, 2, 0)
-    upgraded = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH, stalled.status), lambda realm: [])
+    upgraded = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH, stalled.status))
 
     assert len(keycloak.writes) == 1
     assert keycloak.writes[0]["authType"] == "token"
@@ -164,7 +169,7 @@ async def test_upgrade_past_26_2_lets_a_stalled_xoauth2_mailconfig_apply():
 ])
 async def test_timeout_keys_are_written_from_26_5_on(version, with_timeouts):
     keycloak = FakeKeycloak(version)
-    await _reconciler(keycloak).reconcile(_mailconfig(XOAUTH2_AUTH), lambda realm: [])
+    await _reconciler(keycloak).reconcile(_mailconfig(XOAUTH2_AUTH))
 
     (written,) = keycloak.writes
     assert written["authTokenClientSecret"] == CLIENT_SECRET
@@ -178,8 +183,8 @@ async def test_timeout_keys_are_written_from_26_5_on(version, with_timeouts):
 async def test_a_steady_realm_on_an_old_keycloak_costs_no_second_write():
     keycloak = FakeKeycloak((26, 4, 7))
     reconciler = _reconciler(keycloak)
-    first = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH), lambda realm: [])
-    second = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH, first.status), lambda realm: [])
+    first = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH))
+    second = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH, first.status))
 
     assert len(keycloak.writes) == 1
     assert second.wrote is False
@@ -189,28 +194,30 @@ async def test_a_steady_realm_on_an_old_keycloak_costs_no_second_write():
 async def test_a_409_from_a_simultaneous_realm_write_is_retried_not_stalled():
     # What Keycloak answers the later of two PUTs of one realm that commit at the same moment.
     keycloak = KeycloakClient("https://keycloak.example", "master", AdminCredentials(username="admin", password="pw"))
-    writes: list[dict[str, Any]] = []
+    stored: dict[str, Any] = {"realm": "acme"}
+    answers = {"PUT": httpx.Response(409, json={"errorMessage": "Realm with same name exists"})}
 
-    async def server_info() -> dict[str, Any]:
-        return {"systemInfo": {"version": "26.7.3"}}
+    async def get(path: str, **_: Any) -> httpx.Response:
+        if path == "admin/serverinfo":
+            return httpx.Response(200, json={"systemInfo": {"version": "26.7.3"}})
+        assert path == "admin/realms/acme"
+        return httpx.Response(200, json=stored)
 
-    async def get_realm(realm: str) -> dict[str, Any]:
-        return {"realm": realm, "smtpServer": writes[-1]["smtpServer"] if writes else {}}
-
-    async def collide(realm: str, representation: dict[str, Any]) -> None:
-        raise KeycloakPutError(error_message=b"conflict", response_code=409,
-                               response_body=b'{"errorMessage":"Realm with same name exists"}')
+    async def put(path: str, data: str, **_: Any) -> httpx.Response:
+        assert path == "admin/realms/acme"
+        if answers["PUT"].status_code == 204:
+            stored.update(json.loads(data))
+        return answers["PUT"]
 
     async def logged_in() -> None:
         return None
 
     keycloak._ensure_token = logged_in
-    keycloak._admin.a_get_server_info = server_info
-    keycloak._admin.a_get_realm = get_realm
-    keycloak._admin.a_update_realm = collide
+    keycloak._admin.connection.a_raw_get = get
+    keycloak._admin.connection.a_raw_put = put
     try:
         reconciler = _reconciler(keycloak)
-        collided = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH), lambda realm: [])
+        collided = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH))
 
         conditions = _conditions(collided.status)
         assert (conditions["Applied"]["status"], conditions["Applied"]["reason"]) == ("False", "KeycloakRejected")
@@ -218,12 +225,9 @@ async def test_a_409_from_a_simultaneous_realm_write_is_retried_not_stalled():
         assert "Stalled" not in conditions
         assert collided.retry is True
 
-        async def store(realm: str, representation: dict[str, Any]) -> None:
-            writes.append(representation)
-
-        keycloak._admin.a_update_realm = store
-        retried = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH, collided.status), lambda realm: [])
+        answers["PUT"] = httpx.Response(204)
+        retried = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH, collided.status))
         assert _conditions(retried.status)["Ready"]["status"] == "True"
-        assert len(writes) == 1
+        assert stored["smtpServer"]["authTokenClientSecret"] == CLIENT_SECRET
     finally:
         await keycloak.aclose()

@@ -13,6 +13,7 @@ import httpx
 
 from kcmail.adopt.findings import Check, Finding, Severity, audit_realm, reaches, shown_settings, smtp_settings
 from kcmail.adopt.live_probe import ProvidedSecret, RealmProbe, probe_realm
+from kcmail.answers import TOKEN_ANSWER_LIMIT, limited_client
 from kcmail.keycloak import KeycloakClient, KeycloakFailure
 from kcmail.oauth import TokenClient
 from kcmail.smtp_settings import Version
@@ -33,7 +34,7 @@ class RealmAudit:
 @dataclass
 class Audit:
     url: str
-    version: Version
+    version: Version | None
     realms: list[RealmAudit]
 
     @property
@@ -82,7 +83,7 @@ async def run_audit(keycloak: KeycloakClient, *, only: Sequence[str] = (), probe
 async def _probe_all(audits: list[RealmAudit], stored: Mapping[str, Mapping[str, str]],
                      secrets: Mapping[str, ProvidedSecret], tls: ssl.SSLContext) -> None:
     slots = asyncio.Semaphore(PROBE_CONCURRENCY)
-    async with httpx.AsyncClient(verify=tls, timeout=_TOKEN_TIMEOUT) as http:
+    async with limited_client(TOKEN_ANSWER_LIMIT, verify=tls, timeout=_TOKEN_TIMEOUT) as http:
         tokens = TokenClient(http)
 
         async def one(audit: RealmAudit) -> None:

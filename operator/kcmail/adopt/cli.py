@@ -100,6 +100,8 @@ async def _export(args: argparse.Namespace) -> int:
     from kcmail.adopt.audit import read_realms
     from kcmail.adopt.export import Export, export_realm, render_yaml
     from kcmail.keycloak import KeycloakFailure
+    from kcmail.redact import redact
+    from kcmail.smtp_settings import version_text
 
     try:
         where = await targets.target(args)
@@ -121,15 +123,15 @@ async def _export(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for realm, smtp, unreadable in realms:
         if smtp is None:
-            print(f"kcmail export: realm {realm}: {unreadable}", file=sys.stderr)
+            print(f"kcmail export: realm {redact(realm)}: {unreadable}", file=sys.stderr)
             status = EXIT_FINDINGS
         elif not any(smtp.values()):
-            print(f"kcmail export: realm {realm} has no SMTP settings: nothing to export", file=sys.stderr)
+            print(f"kcmail export: realm {redact(realm)} has no SMTP settings: nothing to export", file=sys.stderr)
             status = status if args.all else EXIT_FINDINGS
         else:
             exports.append(export_realm(realm, smtp, version, namespace=args.namespace,
                                         connection_ref=connection_ref))
-    source = f"{where.url.rstrip('/')} (Keycloak {'.'.join(map(str, version))})"
+    source = f"{where.url.rstrip('/')} (Keycloak {version_text(version)})"
     if args.output_dir is None:
         sys.stdout.write(render_yaml(exports, source=source))
         return status

@@ -67,7 +67,7 @@ def duration_text(milliseconds: int) -> str:
     return f"{milliseconds}ms"
 
 
-def export_realm(realm: str, smtp: Mapping[str, str], version: Version, *, namespace: str,
+def export_realm(realm: str, smtp: Mapping[str, str], version: Version | None, *, namespace: str,
                  connection_ref: ConnectionRef, name: str | None = None) -> Export:
     """The MailConfig and Secret template reproducing ``smtp`` (a realm's map as GET returns it)."""
     name = name or object_name(realm)
@@ -163,7 +163,7 @@ def _vault_note(smtp: Mapping[str, str], key: str, secret_name: str, secret_key:
 
 
 def _first_write(smtp: Mapping[str, str], spec: Mapping[str, Any], secret_data: Mapping[str, str] | None,
-                 version: Version) -> list[str]:
+                 version: Version | None) -> list[str]:
     """What the operator's first write changes in the realm, key by key (secrets only by presence)."""
     data = secret_data or {}
     # The template's placeholders stand for the secrets the person fills in: present, value unknown.

@@ -24,6 +24,7 @@ from kcmail.adopt.findings import AuthKind, Check, Finding, auth_kind, security
 from kcmail.conditions import Failure, Reason
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
 from kcmail.probe_cli import InputError, find_secret, read_manifests, secret_values
+from kcmail.redact import redact
 from kcmail.smtp_probe import SmtpCredentials, SmtpTarget, Step, probe_smtp
 from kcmail.spec import AuthType, Security
 
@@ -205,7 +206,8 @@ async def _token_endpoint_answers(url: str, http: httpx.AsyncClient) -> str | Fa
     try:
         response = await http.get(url)
     except (httpx.HTTPError, httpx.InvalidURL) as error:
-        return Failure(Reason.TOKEN_ENDPOINT_UNREACHABLE, f"cannot reach the token endpoint {url}: {_cause(error)}")
+        return Failure(Reason.TOKEN_ENDPOINT_UNREACHABLE,
+                       f"cannot reach the token endpoint {url}: {redact(_cause(error))}")
     return f"{httpx.URL(url).host} answered HTTP {response.status_code} (no credentials sent)"
 
 

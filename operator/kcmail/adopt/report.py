@@ -1,7 +1,9 @@
 """An audit for people (tables) and for scripts (one JSON document). Pure functions.
 
 Both are built only from the settings as shown (secrets masked, vault references as they are), the
-findings' messages and the probe steps' details, none of which carries a secret or a token.
+findings' messages and the probe steps' details, none of which carries a secret or a token. What a realm
+holds is its admins' text: the tables pass every cell through kcmail.redact (JSON escapes control
+characters by itself).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from typing import Any
 
 from kcmail.adopt.audit import Audit, RealmAudit
 from kcmail.adopt.findings import AuthKind, Severity, auth_kind, security
+from kcmail.redact import redact
+from kcmail.smtp_settings import version_text
 
 
 def _version(audit: Audit) -> str:
-    return ".".join(map(str, audit.version))
+    return version_text(audit.version)
 
 
 def _counts(audit: Audit) -> dict[str, int]:
@@ -51,6 +55,8 @@ def _probe_summary(realm: RealmAudit) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    # Every cell is the realm's or a server's text: no control character reaches the terminal.
+    rows = [[redact(cell) for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     lines = []
     for row in (headers, *rows):

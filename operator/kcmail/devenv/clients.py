@@ -8,6 +8,7 @@ import httpx
 
 from kcmail.devenv.certs import client_context
 from kcmail.devenv.environment import Environment
+from kcmail.ownership import OWNER_ATTRIBUTE
 
 
 class KeycloakAdminAPI:
@@ -75,7 +76,7 @@ def _as_attribute(value: Any) -> str:
 
 
 def realm_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """What differs between two reads of a realm, ``smtpServer`` aside, in plain words.
+    """What differs between two reads of a realm, ``smtpServer`` and kcmail's owner record aside, in plain words.
 
     Keycloak 26 stores a few settings that a new realm only shows as top-level defaults (session
     timeouts ``0``, ``scimApiEnabled`` false) as attributes on the first full PUT. An attribute that
@@ -87,7 +88,7 @@ def realm_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         if before.get(key) != after.get(key):
             changes.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")
     old, new = before.get("attributes") or {}, after.get("attributes") or {}
-    for key in sorted(set(old) | set(new)):
+    for key in sorted((set(old) | set(new)) - {OWNER_ATTRIBUTE}):
         if old.get(key) == new.get(key):
             continue
         if key not in old and key in before and new[key] == _as_attribute(before[key]):

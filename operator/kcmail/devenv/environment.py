@@ -91,6 +91,11 @@ class Environment:
     def realms(self) -> tuple[str, ...]:
         return tuple(self.target_realms.split(","))
 
+    @property
+    def keycloak_log(self) -> Path:
+        """Keycloak's console log, its HTTP access log included (``ACCESS_LOG_PATTERN``)."""
+        return self.state_dir / "logs" / "keycloak.log"
+
     def env_lines(self) -> list[str]:
         lines = [f"export KUBECONFIG={shlex.quote(str(self.kubeconfig))}"]
         for key, value in asdict(self).items():

@@ -51,6 +51,10 @@ _BUILD_OPTIONS = ("--db=dev-mem", "--health-enabled=true", "--metrics-enabled=tr
                   "--event-metrics-user-enabled=true")
 
 
+# One request per line: the request line as sent (its path still percent-encoded) and the User-Agent.
+ACCESS_LOG_PATTERN = '%h %t "%r" %s "%{i,User-Agent}"'
+
+
 class SeedFailed(RuntimeError):
     """Keycloak refused an admin or token call; the message names the call and Keycloak's answer."""
 
@@ -172,6 +176,10 @@ def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: C
         f"--spi-connections-http-client--default--establish-connection-timeout-millis={_CONNECT_TIMEOUT_MS}",
         # A run-time option: keycloak_user_events_total counts each client's token grants per realm.
         "--event-metrics-user-tags=realm,clientId",
+        # Every request in Keycloak's log with its User-Agent (run-time options): the tenant-boundary tests
+        # read which admin paths kcmail's requests (User-Agent kcmail/...) touched.
+        "--http-access-log-enabled=true",
+        f"--http-access-log-pattern={ACCESS_LOG_PATTERN}",
     ]
     env = {
         "JAVA_HOME": str(java_home),
