@@ -21,10 +21,11 @@ TIMEOUTS_SINCE = (26, 5, 0)
 
 Version = tuple[int, int, int]
 
-# Since 26.4.0 (and 26.2.10, where the change was backported) /admin/serverinfo shows systemInfo, the
-# version with it, only to admins of the master realm (keycloak#42859). A Keycloak that hides it from an
-# admin of another realm is therefore at least this one: token auth is there. Keys newer than that are
-# written as to the newest Keycloak: an older one stores them in the realm's map and ignores them.
+# From 26.4.0 (and 26.2.10, where the change was backported) /admin/serverinfo shows systemInfo, the
+# version with it, only to admins of the master realm (keycloak#42859; 26.7.3 shows the version again).
+# A Keycloak that hides it from an admin of another realm is therefore at least this one: token auth is
+# there. Keys newer than that are written as to the newest Keycloak: an older one stores them in the
+# realm's map and ignores them.
 HIDDEN_VERSION_AT_LEAST: Version = (26, 2, 10)
 
 

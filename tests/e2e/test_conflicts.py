@@ -9,11 +9,12 @@ import dataclasses
 import datetime
 import json
 import time
+import uuid
 
 import pytest
 
 from kcmail.devenv import operator_env
-from kcmail.ownership import Owner, recorded_owner
+from kcmail.ownership import Owner, recorded_owner, with_owner
 
 pytestmark = pytest.mark.e2e
 
@@ -85,3 +86,36 @@ def test_the_recorded_owner_keeps_the_realm_and_the_other_takes_over_when_it_goe
     assert tenant.smtp_server()["fromDisplayName"] == "Newer"
     assert json.dumps(taken_over).count("RealmConflict") == 0
     assert recorded_owner(tenant.admin.realm(tenant.realm)).mailconfig == f"{other.namespace}/{name}"
+
+
+def test_a_realm_owned_by_a_mailconfig_this_cluster_lacks_is_adopted_only_by_the_annotation(operator, tenant):
+    # What another cluster's kcmail leaves in a realm of the same Keycloak, or one whose MailConfig was deleted
+    # while no operator ran: a record naming a MailConfig that does not exist here.
+    gone = Owner(uid=str(uuid.uuid4()), mailconfig=f"{tenant.namespace}/elsewhere")
+    realm = tenant.admin.realm(tenant.realm)
+    realm["smtpServer"] = {"host": "smtp.elsewhere.example", "from": "no-reply@acme.example",
+                           "fromDisplayName": "Elsewhere"}
+    assert tenant.admin.put_realm(tenant.realm, with_owner(realm, realm["smtpServer"], gone)).status_code == 204
+
+    tenant.apply(tenant.secret(), tenant.mailconfig("heir", sender={"from": "no-reply@acme.example",
+                                                                    "fromDisplayName": "Heir"}))
+    waiting = tenant.wait_condition("False", "RealmConflict", name="heir")
+    message = _conditions(waiting)["Ready"]["message"]
+    assert f"names MailConfig {gone.mailconfig} (uid {gone.uid}), which does not exist in this cluster" in message
+    assert f"kcmail.io/adopt={gone.uid}" in message
+    # A wrong uid adopts nothing.
+    tenant.kubectl("annotate", "mailconfig", "heir", "kcmail.io/adopt=not-the-owner",
+                   f"kcmail.io/requested-at={time.time()}", "--overwrite")
+    tenant.wait_for(lambda o: (o.get("status") or {}).get("lastHandledRequestedAt")
+                    == o["metadata"]["annotations"]["kcmail.io/requested-at"], "heir", what="the requested pass")
+    assert tenant.smtp_server()["fromDisplayName"] == "Elsewhere"
+    assert recorded_owner(tenant.admin.realm(tenant.realm)) == gone
+
+    tenant.kubectl("annotate", "mailconfig", "heir", f"kcmail.io/adopt={gone.uid}",
+                   f"kcmail.io/requested-at={time.time()}", "--overwrite")
+    adopted = tenant.wait_condition("True", name="heir")
+    assert tenant.smtp_server()["fromDisplayName"] == "Heir"
+    assert recorded_owner(tenant.admin.realm(tenant.realm)).uid == adopted["metadata"]["uid"]
+    (event,) = [e for e in tenant.events("heir") if e["reason"] == "RealmAdopted"]
+    assert event["type"] == "Warning"
+    assert gone.uid in event["message"]
