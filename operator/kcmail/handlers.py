@@ -363,7 +363,11 @@ async def mailconfig_deleted(body: kopf.Body, **_: Any) -> None:
     obj = MailConfigObject.from_body(body)
     # Its loop first: a pass in flight must not write the realm while it is being cleared.
     await rt.stop_loop(obj.id)
-    result = await rt.reconciler.finalize(obj)
+    try:
+        result = await rt.reconciler.finalize(obj)
+    except Exception as error:  # said in the status like any pass's failure; kopf retries the deletion
+        log.warning("MailConfig %s: finalizing failed, retrying: %s: %s", obj.id, type(error).__name__, error)
+        result = rt.reconciler.failed(obj, error)
     await _report(rt, obj, dict(obj.status), result)
     if result.retry:
         raise kopf.TemporaryError("waiting for Keycloak to clear the realm's SMTP settings", delay=15)

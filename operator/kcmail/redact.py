@@ -12,6 +12,7 @@ place for an escape sequence), and the rest is capped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import urllib.parse
@@ -53,8 +54,7 @@ def redact(text: object, secrets: Iterable[str] = (), *, limit: int = LIMIT) -> 
     result = _JWT.sub(REDACTED, result)
     result = _XOAUTH2_BASE64.sub(REDACTED, result)
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        for form in _forms(secret):
-            result = re.sub(form, REDACTED, result)
+        result = _secret_pattern(secret).sub(REDACTED, result)
     result = _OPAQUE.sub(lambda m: REDACTED if _mixed(m.group()) else m.group(), result)
     result = _REPEATED.sub(REDACTED, result)
     result = _CONTROL.sub(" ", result).strip()
@@ -65,6 +65,13 @@ def redact(text: object, secrets: Iterable[str] = (), *, limit: int = LIMIT) -> 
 
 def _mixed(run: str) -> bool:
     return any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)
+
+
+# A probe redacts each of its steps with the same few secrets: their patterns are built once. Few are kept,
+# so that a rotated secret does not linger here for long.
+@functools.lru_cache(maxsize=32)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    return re.compile("|".join(_forms(secret)))
 
 
 def _forms(secret: str) -> list[str]:

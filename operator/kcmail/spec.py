@@ -204,8 +204,11 @@ class MailConfigSpec:
                   "sender.envelopeFrom": sender.envelope_from, "auth.username": auth.username}
         if auth.xoauth2 is not None:
             stored |= {"auth.xoauth2.tokenURL": auth.xoauth2.token_url, "auth.xoauth2.scope": auth.xoauth2.scope}
-        names = {"connectionRef.name": self.connection_ref.name, "probe.recipient": self.probe.recipient,
-                 "auth secret": auth.secret_name or ""}
+        names = {"connectionRef.name": self.connection_ref.name, "probe.recipient": self.probe.recipient}
+        if auth.xoauth2 is not None:
+            names["auth.xoauth2.clientSecretRef.name"] = auth.xoauth2.client_secret_ref.name
+        if auth.basic is not None:
+            names["auth.basic.passwordSecretRef.name"] = auth.basic.password_secret_ref.name
         for path, value in stored.items():
             problem = value_problem(value)
             if problem:

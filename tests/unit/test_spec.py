@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 
@@ -60,3 +61,19 @@ def test_credentials_repr_hides_secret_values():
     creds = Credentials(secret_version="uid/7", client_id="app", client_secret="hunter2", password="pw-xyz")
     assert "hunter2" not in repr(creds)
     assert "pw-xyz" not in repr(creds)
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    ({"realm": "fzr/../master"}, "realm 'fzr/../master' contains /, which cannot be part of one path segment"),
+    ({"realm": ".."}, "realm '..' is '..', which a URL path reads as a directory"),
+    ({"realm": "acme "}, "realm 'acme ' starts or ends with a space"),
+    ({"sender": {"from": "no-reply@acme.example", "fromDisplayName": "A" * 256}},
+     "sender.fromDisplayName has 256 characters; Keycloak stores at most 255"),
+    ({"auth": {"type": "Basic", "username": "u\r\nBcc: x", "basic": {"passwordSecretRef": {"name": "s"}}}},
+     "auth.username contains control characters"),
+    ({"auth": {"type": "Basic", "username": "u", "basic": {"passwordSecretRef": {"name": "s\n"}}}},
+     "auth.basic.passwordSecretRef.name contains control characters"),
+])
+def test_an_object_stored_before_the_crds_rules_is_held_to_them_when_parsed(patch, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        MailConfigSpec.parse({**MINIMAL, **patch})
