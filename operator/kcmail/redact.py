@@ -5,9 +5,9 @@ whatever a realm holds: kcmail quotes it in status messages, Events, logs and CL
 provider's own words (``AADSTS7000215``, ``535 5.7.8``) are what a person needs. Any of those servers may
 be a tenant's, and any of them may echo what kcmail sent: a token endpoint that repeats the client secret,
 an SMTP server that quotes the decoded XOAUTH2 string. So every such text passes :func:`redact` before
-it is kept: the secrets kcmail knows are cut out in the forms they travel in (raw, URL-encoded, base64),
-then anything shaped like a bearer token, then control characters (a status message or a terminal is no
-place for an escape sequence), and the rest is capped.
+it is kept: anything shaped like a bearer token is cut out, then the secrets kcmail knows in the forms they
+travel in (raw, URL-encoded, base64), then control characters become spaces (a status message or a
+terminal is no place for an escape sequence), and the rest is capped.
 """
 
 from __future__ import annotations
