@@ -41,7 +41,8 @@ def kubectl(devenv: Environment) -> Kubectl:
 
     def run(*args: str, stdin: str | None = None, kubeconfig: Path | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd: Sequence[str] = [str(devenv.kubectl), f"--kubeconfig={kubeconfig or devenv.kubeconfig}", *args]
+        cmd: Sequence[str] = [str(devenv.kubectl), f"--kubeconfig={kubeconfig or devenv.kubeconfig}",
+                              f"--cache-dir={devenv.kube_cache}", *args]
         return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
 
     return run

@@ -84,3 +84,16 @@ def test_rbac_denies_a_user_without_rights(kubectl, devenv, tmp_path):
     assert allowed.stdout.strip() == "no"
     admin = kubectl("auth", "can-i", "list", "secrets")
     assert admin.stdout.strip() == "yes"
+
+
+def test_kubectl_keeps_its_discovery_cache_in_the_state_dir(kubectl, devenv, tmp_path, monkeypatch):
+    # A run whose home was the checkout once committed 26 cache files under .kube/ at the top level.
+    from kcmail.devenv import operator_env
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for result in (kubectl("api-resources", "--api-group=apiextensions.k8s.io"),
+                   operator_env.kubectl(devenv, "api-resources", "--api-group=apiextensions.k8s.io")):
+        assert result.returncode == 0, result.stderr
+        assert "customresourcedefinitions" in result.stdout
+    assert not (tmp_path / ".kube").exists()
+    assert any(devenv.kube_cache.rglob("serverresources.json"))

@@ -96,6 +96,12 @@ class Environment:
         """Keycloak's console log, its HTTP access log included (``ACCESS_LOG_PATTERN``)."""
         return self.state_dir / "logs" / "keycloak.log"
 
+    @property
+    def kube_cache(self) -> Path:
+        """kubectl's discovery cache. Without ``--cache-dir`` kubectl writes it under ``$HOME/.kube``, which
+        put a cache into the repository when a run had the checkout as its home."""
+        return self.state_dir / "kube-cache"
+
     def env_lines(self) -> list[str]:
         lines = [f"export KUBECONFIG={shlex.quote(str(self.kubeconfig))}"]
         for key, value in asdict(self).items():

@@ -25,8 +25,8 @@ CONNECTION = "main"
 def kubectl(env: Environment, *args: str, stdin: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The environment's kubectl as its admin; never raises on a non-zero exit."""
-    return subprocess.run([str(env.kubectl), f"--kubeconfig={env.kubeconfig}", *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    command = [str(env.kubectl), f"--kubeconfig={env.kubeconfig}", f"--cache-dir={env.kube_cache}", *args]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def apply(env: Environment, *objects: Mapping[str, Any]) -> None:
