@@ -48,6 +48,7 @@ def test_basic_auth_to_exchange_online_is_an_error(host):
     found = _found(BASIC | {"host": host})
     assert found["basic-auth-retired"].severity is Severity.ERROR
     assert "XOAUTH2" in found["basic-auth-retired"].message
+    assert "end of December 2026" in found["basic-auth-retired"].message
 
 
 def test_a_missing_auth_type_means_basic_as_it_did_before_26_2():

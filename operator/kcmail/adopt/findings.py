@@ -89,6 +89,11 @@ _Add = Callable[[Check, str], None]
 
 # Exchange Online's SMTP endpoints. Microsoft retires basic authentication for SMTP AUTH client
 # submission there; *.mail.protection.outlook.com is the inbound (MX) endpoint, which takes no AUTH at all.
+# Microsoft's plan as its Exchange Team announced it (MC786329, updated 2026-01-27); the guides cite it.
+EXCHANGE_BASIC_AUTH_PLAN = (
+    "Exchange Online disables basic authentication for SMTP AUTH by default for existing tenants at the end of "
+    "December 2026 (an administrator can re-enable it until Microsoft removes it; the final date is to be "
+    "announced in the second half of 2027), and then answers 535 5.7.139 or 550 5.7.30")
 _EXCHANGE_ONLINE_HOSTS = frozenset({"smtp.office365.com", "outlook.office365.com"})
 _EXCHANGE_ONLINE_SUFFIX = ".mail.protection.outlook.com"
 # The address rule of the MailConfig CRD (sender.from, replyTo, envelopeFrom), so that what passes the
@@ -167,8 +172,8 @@ def audit_realm(realm: str, smtp: Mapping[str, str], version: Version | None) ->
         add(Check.HOST_MISSING, "SMTP settings without a host: Keycloak has no server to send to")
     if kind is AuthKind.BASIC and is_exchange_online(host):
         add(Check.BASIC_AUTH_RETIRED,
-            f"basic authentication to {host}: Exchange Online retires basic authentication for SMTP AUTH; "
-            "move this realm to XOAUTH2 (docs/guides/migrate-from-basic.md)")
+            f"basic authentication to {host}: {EXCHANGE_BASIC_AUTH_PLAN}; move this realm to XOAUTH2 "
+            "(docs/guides/migrate-from-basic.md)")
     if kind is AuthKind.TOKEN:
         _check_token(smtp, add)
     if kind is not AuthKind.NONE:
