@@ -36,6 +36,7 @@ class Reason(enum.StrEnum):
     AUTHENTICATED = "Authenticated"
     DELIVERING = "Delivering"
     PROBES_DISABLED = "ProbesDisabled"
+    SKIPPED = "Skipped"
     PROGRESSING = "Progressing"
     CONNECTED = "Connected"
     # Inputs.
@@ -60,22 +61,31 @@ class Reason(enum.StrEnum):
     KEYCLOAK_ANSWER_INVALID = "KeycloakAnswerInvalid"
     # Token endpoint.
     TOKEN_ENDPOINT_UNREACHABLE = "TokenEndpointUnreachable"
+    TOKEN_ENDPOINT_UNAVAILABLE = "TokenEndpointUnavailable"
     INVALID_CLIENT = "InvalidClient"
     INVALID_SCOPE = "InvalidScope"
     TOKEN_ENDPOINT_ERROR = "TokenEndpointError"
     # SMTP server.
     SMTP_UNREACHABLE = "SMTPUnreachable"
+    SMTP_CONVERSATION_FAILED = "SMTPConversationFailed"
     TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
     CERTIFICATE_UNTRUSTED = "CertificateUntrusted"
     STARTTLS_NOT_OFFERED = "StartTLSNotOffered"
     XOAUTH2_NOT_OFFERED = "XOAUTH2NotOffered"
+    AUTH_NOT_OFFERED = "AuthNotOffered"
     AUTHENTICATION_REJECTED = "AuthenticationRejected"
+    AUTHENTICATION_DEFERRED = "AuthenticationDeferred"
     RECIPIENT_REJECTED = "RecipientRejected"
     SEND_FAILED = "SendFailed"
     # Operator.
     SUSPENDED = "Suspended"
     DELETION_BLOCKED = "DeletionBlocked"
     INTERNAL_ERROR = "InternalError"
+
+
+# Probe failures that say the server is down or busy for now, not that anything is misconfigured: the
+# probe is tried again with backoff inside the interval instead of waiting for its next slot.
+TRANSIENT_PROBE_REASONS = frozenset({Reason.TOKEN_ENDPOINT_UNAVAILABLE, Reason.AUTHENTICATION_DEFERRED})
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,12 @@ def _probe_conditions(outcome: Outcome) -> list[Condition]:
     if outcome.probes is Probes.TOKEN_AND_SMTP:
         result.append(_step(ConditionType.TOKEN_ACQUIRED, outcome.token, Reason.TOKEN_ISSUED,
                             "the token endpoint issued a token for the client and scope", "the token probe"))
+    if isinstance(outcome.token, Failure) and outcome.smtp is None:
+        # The conversation stopped before AUTH for want of a token: nothing is pending, the step was skipped.
+        result.append(Condition(ConditionType.SMTP_AUTHENTICATED, Status.UNKNOWN, Reason.SKIPPED,
+                                f"not checked: AUTH needs a token, and the token endpoint gave none "
+                                f"(TokenAcquired: {outcome.token.reason}); connecting, TLS and EHLO worked"))
+        return result
     result.append(_step(ConditionType.SMTP_AUTHENTICATED, outcome.smtp, Reason.AUTHENTICATED,
                         "the SMTP server accepted the credentials Keycloak will present", "the SMTP probe"))
     return result

@@ -206,6 +206,7 @@ async def mailconfig_loop(rt: Runtime, key: str, holders: Callable[[str], list[H
                 metrics.record_pass(obj.namespace, obj.name, result.status, obj.status, wrote=result.wrote,
                                     seconds=time.monotonic() - started)
                 attempt = attempt + 1 if result.retry else 0
+                await _recheck_if_reached(rt, obj, result.status)
             if rt.loops.stopping(key):
                 break
             delay = _next_delay(obj, attempt)
@@ -217,6 +218,20 @@ async def mailconfig_loop(rt: Runtime, key: str, holders: Callable[[str], list[H
         rt.forget(key)
         namespace, _, name = key.partition("/")
         metrics.forget(namespace, name)
+
+
+async def _recheck_if_reached(rt: Runtime, obj: MailConfigObject, status: Mapping[str, Any]) -> None:
+    """A pass that applied its settings logged in through its Connection: a Connection whose last check
+    failed (Keycloak down, say) is checked again now, so its status recovers with its MailConfigs."""
+    ref = obj.spec.get("connectionRef") or {}
+    kind = ref.get("kind", ConnectionKind.CLUSTER.value)
+    key = (kind, obj.namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name"))
+    if not rt.recheck_after_pass(key, status, time.monotonic()):
+        return
+    try:
+        await _recheck_connection(rt, key)
+    except Exception as error:  # the timer checks it again; the MailConfig's loop must go on
+        log.warning("Connection %s: the check after recovery failed: %s: %s", key[2], type(error).__name__, error)
 
 
 async def _report_failure(rt: Runtime, obj: MailConfigObject, reported: dict[str, Any], error: Exception) -> None:
@@ -384,12 +399,17 @@ async def _recheck_connection(rt: Runtime, key: tuple[Any, ...]) -> None:
     if body is None:
         return
     status = await _connection_status(rt, kind, body)
+    rt.connection_checked(key, status)
     if any((body.get("status") or {}).get(k) != v for k, v in status.items()):
         await rt.kube.patch_status(PLURALS[kind], name, namespace, status)
 
 
 async def _check(kind: ConnectionKind, body: kopf.Body, patch: kopf.Patch) -> None:
-    status = await _connection_status(runtime(), kind, body)
+    rt = runtime()
+    status = await _connection_status(rt, kind, body)
+    meta = body.get("metadata", {})
+    rt.connection_checked((kind.value, meta.get("namespace") if kind is ConnectionKind.NAMESPACED else None,
+                           meta.get("name")), status)
     if any((body.get("status") or {}).get(k) != v for k, v in status.items()):
         patch.status.update(status)
 

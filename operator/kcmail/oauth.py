@@ -34,6 +34,12 @@ DEFAULT_EXPIRES_IN = 60
 # margin costs grants: lifetime / (lifetime - margin) per lifetime, 1.25 for 5-minute tokens at 60 s.
 RENEW_BEFORE = datetime.timedelta(seconds=2)
 _INVALID_CLIENT = {"invalid_client", "unauthorized_client"}
+# RFC 6749's codes for a server that cannot answer now, beside 5xx and 429: an outage, not a misconfiguration.
+_UNAVAILABLE = {"temporarily_unavailable", "server_error"}
+
+
+def _down_for_now(status: int) -> bool:
+    return status >= 500 or status == 429
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def classify_response(status: int, body: bytes, content_type: str, now: datetime
         data = None
     if not isinstance(data, Mapping):
         kind = redact(content_type.split(";")[0].strip(), limit=80) or "no content type"
-        return Failure(Reason.TOKEN_ENDPOINT_ERROR,
+        return Failure(Reason.TOKEN_ENDPOINT_UNAVAILABLE if _down_for_now(status) else Reason.TOKEN_ENDPOINT_ERROR,
                        f"token endpoint answered HTTP {status} with a body that is not a JSON object ({kind})")
     error = data.get("error")
     if error or status >= 400:
@@ -72,6 +78,8 @@ def classify_response(status: int, body: bytes, content_type: str, now: datetime
             return Failure(Reason.INVALID_CLIENT, message)
         if error == "invalid_scope":
             return Failure(Reason.INVALID_SCOPE, message)
+        if error in _UNAVAILABLE or _down_for_now(status):
+            return Failure(Reason.TOKEN_ENDPOINT_UNAVAILABLE, message)
         return Failure(Reason.TOKEN_ENDPOINT_ERROR, message)
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
@@ -95,8 +103,11 @@ def _unreachable(url: str, error: Exception, secrets: Iterable[str] = ()) -> Fai
         cause = nested
     # A timeout first: one during a TLS read ends in an SSLWantReadError, which is no handshake failure.
     if isinstance(error, httpx.TimeoutException):
-        detail = f"timed out ({type(error).__name__})"
-    elif isinstance(cause, ssl.SSLCertVerificationError):
+        step = {httpx.ConnectTimeout: "connecting", httpx.WriteTimeout: "sending the request",
+                httpx.PoolTimeout: "waiting for a connection"}.get(type(error), "waiting for the answer")
+        return Failure(Reason.TOKEN_ENDPOINT_UNAVAILABLE,
+                       f"the token endpoint at {host} timed out {step} ({type(error).__name__})")
+    if isinstance(cause, ssl.SSLCertVerificationError):
         detail = f"TLS certificate not trusted: {cause.verify_message or cause.reason}"
     elif isinstance(cause, ssl.SSLError):
         detail = f"TLS handshake failed: {cause.reason or cause}"

@@ -3,8 +3,9 @@
 The token is taken at the AUTH step, once the connection, TLS and EHLO are done, so that the cache's
 expiry check happens one round trip before the server checks the token; a server that fails before AUTH
 is followed by the token request alone, so that TokenAcquired is reported all the same. An XOAUTH2 probe
-that the SMTP server refuses is retried once with a fresh token, as Keycloak itself does after an
-AuthenticationFailedException; a token that a server refuses is never cached.
+whose token the SMTP server refuses is retried once with a fresh token, as Keycloak itself does after an
+AuthenticationFailedException, and that token is not kept; a refusal no token can change (SMTP AUTH
+disabled, a temporary reply) is not retried, since each try counts as a failed login for the mailbox.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from kcmail import metrics
-from kcmail.conditions import Failure, Reason
+from kcmail.conditions import Failure
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
 from kcmail.smtp_probe import SendSpec, SmtpCredentials, SmtpProbeResult, SmtpTarget, Step, probe_smtp
 from kcmail.spec import AuthType, Credentials, MailConfigSpec, ProbeMode
@@ -70,11 +71,6 @@ def token_request(spec: MailConfigSpec, credentials: Credentials) -> TokenReques
                         secret_version=credentials.secret_version)
 
 
-def _refused(result: SmtpProbeResult) -> bool:
-    """Whether the server refused the credentials at AUTH (pure)."""
-    return result.failure is not None and result.failure.reason is Reason.AUTHENTICATION_REJECTED
-
-
 class Prober:
     """Runs probes for every MailConfig, at most ``concurrency`` at a time across the operator."""
 
@@ -121,12 +117,12 @@ class Prober:
 
         credentials = SmtpCredentials(AuthType.XOAUTH2, username, bearer=bearer)
         result = await probe_smtp(target, credentials, self._tls, send=send)
-        if _refused(result):
+        if result.token_refused:
             # The token was revoked, or lapsed between the cache's check and the server's: a fresh one, once.
             self._tokens.forget(request)
             outcome.steps.extend(result.steps)
             result = await probe_smtp(target, credentials, self._tls, send=send)
-            if _refused(result):
+            if result.token_refused:
                 self._tokens.forget(request)
         if outcome.token is None:
             # The server failed before AUTH, so no token was asked for: TokenAcquired still says whether the

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kcmail import conditions
-from kcmail.conditions import ConditionType, Failure, Outcome, Probes, Reason
+from kcmail.conditions import TRANSIENT_PROBE_REASONS, ConditionType, Failure, Outcome, Probes, Reason
 from kcmail.connections import (
     ConnectionFailure,
     KeycloakClients,
@@ -172,8 +172,11 @@ class Reconciler:
         last_smtp = previous.get(ConditionType.SMTP_AUTHENTICATED.value) or {}
         stale = wrote or last_smtp.get("observedGeneration") != obj.generation
         asked = requested not in (None, obj.status.get("lastHandledRequestedAt"))
+        # A provider that was down or busy at the last probe is asked again on the backoff's retry pass.
+        again = any((previous.get(kind.value) or {}).get("reason") in TRANSIENT_PROBE_REASONS
+                    for kind in (ConditionType.TOKEN_ACQUIRED, ConditionType.SMTP_AUTHENTICATED))
         if not probe_due(obj.status.get("lastProbeTime"), spec.interval, phase(obj.uid), self._now(),
-                         forced=stale or asked):
+                         forced=stale or asked or again):
             # Not due: the last probe's results stand.
             outcome = dataclasses.replace(outcome, token=_carried(previous.get(ConditionType.TOKEN_ACQUIRED.value)),
                                           smtp=_carried(last_smtp))
@@ -183,7 +186,9 @@ class Reconciler:
             await report(interim)
             obj, events = dataclasses.replace(obj, status={**obj.status, **interim.status}), []
         outcome = await self._probe(spec, outcome, status, credentials, obj.id)
-        return self._finish(obj, outcome, status, events, retry=retry, wrote=wrote)
+        transient = any(isinstance(r, Failure) and r.reason in TRANSIENT_PROBE_REASONS
+                        for r in (outcome.token, outcome.smtp))
+        return self._finish(obj, outcome, status, events, retry=retry or transient, wrote=wrote)
 
     def failed(self, obj: MailConfigObject, error: BaseException) -> Result:
         """The status of a pass that raised what no step expected: Ready=False, InternalError, retried."""
@@ -449,8 +454,17 @@ def _carried(condition: Mapping[str, Any] | None) -> Failure | bool | None:
         return None
 
 
+def _in_sync_at_this_generation(obj: MailConfigObject) -> bool:
+    """Whether the last pass found the realm holding this generation's settings (pure): only then does a
+    difference now mean someone changed the realm. After a spec edit, or a pass that could not apply, the
+    write is kcmail's own news, not drift."""
+    applied = next((c for c in obj.status.get("conditions") or [] if c.get("type") == ConditionType.APPLIED.value),
+                   {})
+    return applied.get("status") == "True" and applied.get("observedGeneration") == obj.generation
+
+
 def _write_event(obj: MailConfigObject, drift_keys: Sequence[str], *, rotated: bool, owner_only: bool) -> Event:
-    if drift_keys and obj.status.get("appliedSecretVersion") is not None:
+    if drift_keys and obj.status.get("appliedSecretVersion") is not None and _in_sync_at_this_generation(obj):
         return Event("Warning", "DriftCorrected",
                      f"the realm's smtpServer differed in {', '.join(drift_keys)}; restored the desired settings")
     if drift_keys:

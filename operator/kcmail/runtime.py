@@ -37,6 +37,14 @@ class OperatorOptions:
     namespaced_connections: bool = True
 
 
+RECHECK_SECONDS = 30.0
+
+
+def condition_true(status: Mapping[str, Any], kind: str) -> bool:
+    """Whether ``status.conditions`` holds condition ``kind`` with status True (pure)."""
+    return any(c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
 def backoff(attempt: int, interval: datetime.timedelta) -> float:
     """2, 4, 8 … seconds, capped by the interval and by five minutes."""
     return min(RETRY_FIRST_SECONDS * 2 ** max(attempt - 1, 0), interval.total_seconds(), RETRY_MAX_SECONDS)
@@ -54,6 +62,12 @@ class Runtime:
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _connection_generations: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    # Connections whose last check failed: the first MailConfig pass that reaches Keycloak through one has
+    # it checked again at once, rather than leaving it failed until the five-minute timer.
+    _failing_connections: set[tuple[Any, ...]] = field(default_factory=set)
+    # When each was last checked after a pass: a Connection whose check keeps failing while its MailConfigs
+    # succeed (its check needs more than a pass does) is checked again at most every RECHECK_SECONDS.
+    _rechecked: dict[tuple[Any, ...], float] = field(default_factory=dict)
 
     def waker(self, key: str) -> asyncio.Event:
         return self._wakers.setdefault(key, asyncio.Event())
@@ -80,6 +94,24 @@ class Runtime:
         # The first sighting is the state the loop's first pass starts from: nothing to wake it for.
         if seen is not None and seen != mark:
             self.wake(key)
+
+    def connection_checked(self, key: tuple[Any, ...], status: Mapping[str, Any]) -> None:
+        """Remember whether a Connection's check (its new ``status``) found it Ready."""
+        if condition_true(status, "Ready"):
+            self._failing_connections.discard(key)
+        else:
+            self._failing_connections.add(key)
+
+    def recheck_after_pass(self, key: tuple[Any, ...], status: Mapping[str, Any], now: float) -> bool:
+        """Whether a MailConfig pass that wrote ``status`` proves a failing Connection ``key`` works again:
+        its settings are Applied, so it logged in to Keycloak through it. ``now``: a monotonic clock."""
+        if key not in self._failing_connections or not condition_true(status, "Applied"):
+            return False
+        if now - self._rechecked.get(key, -RECHECK_SECONDS) < RECHECK_SECONDS:
+            return False
+        self._failing_connections.discard(key)
+        self._rechecked[key] = now
+        return True
 
     def connection_changed(self, key: tuple[Any, ...], generation: Any, *, listed: bool = False) -> bool:
         """True the first time a Connection is seen and whenever its spec changes.

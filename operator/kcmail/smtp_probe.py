@@ -12,9 +12,12 @@ the host may be any service inside the cluster, and its banner is not the tenant
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import datetime
 import enum
+import json
 import ssl
 import time
 import uuid
@@ -85,6 +88,8 @@ class SmtpProbeResult:
     offered_auth: frozenset[str] = frozenset()
     # The bearer callable had no token: the conversation ended before AUTH, and that is no SMTP failure.
     stopped_before_auth: bool = False
+    # AUTH was refused in a way a fresh token may change (:func:`fresh_token_may_help`).
+    token_refused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -164,17 +169,119 @@ def _root(error: BaseException) -> BaseException:
     return error
 
 
+def no_auth_offered(where: str) -> Failure:
+    """A server that offers no AUTH at all. Keycloak does not fail there: Jakarta Mail logs in only when the
+    server advertises AUTH, and otherwise goes on to MAIL FROM without a word, so the mail then depends on
+    the server relaying for Keycloak's address unauthenticated (pure)."""
+    return Failure(Reason.AUTH_NOT_OFFERED,
+                   f"{where} offers no AUTH at all: Keycloak will send without logging in (it skips AUTH when "
+                   "the server offers none), so mail is accepted only if this server relays for Keycloak's "
+                   "address without authentication")
+
+
 def _mechanism(auth: AuthType, offered: frozenset[str], where: str) -> str | Failure:
     """The AUTH mechanism Keycloak will use among those ``offered`` (upper case), or why none fits (pure)."""
+    if not offered:
+        return no_auth_offered(where)
     if auth is AuthType.XOAUTH2:
         if "XOAUTH2" in offered:
             return "XOAUTH2"
-        return Failure(Reason.XOAUTH2_NOT_OFFERED, f"{where} does not advertise AUTH XOAUTH2 "
-                                                   f"(offers: {' '.join(sorted(offered)) or 'no AUTH'})")
+        return Failure(Reason.XOAUTH2_NOT_OFFERED, f"{where} does not advertise AUTH XOAUTH2 (offers: "
+                                                   f"{' '.join(sorted(offered))}); Keycloak's login fails the same way")
     mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
     if mechanism is None:
-        return Failure(Reason.AUTHENTICATION_REJECTED, f"{where} offers neither AUTH PLAIN nor LOGIN")
+        return Failure(Reason.AUTHENTICATION_REJECTED, f"{where} offers neither AUTH PLAIN nor LOGIN "
+                                                       f"(offers: {' '.join(sorted(offered))})")
     return mechanism
+
+
+# Postfix's default line_length_limit. An XOAUTH2 initial response grows with the token (3-4 KB from Entra
+# ID or Keycloak makes a ~4.6 KB line); past the limit Postfix cuts the line and reports invalid base64.
+_COMMON_LINE_LIMIT = 2048
+# Enhanced status codes that say SMTP AUTH itself is off, or basic authentication is: no token fixes those.
+# Microsoft 365: 5.7.139 (SMTP AUTH disabled for the tenant or mailbox), 5.7.30 (basic authentication
+# not supported for client submission).
+_POLICY_CODES = ("5.7.139", "5.7.30")
+# Exchange Online's "430 4.2.0 STOREDRV; mailbox logon failure": temporary in form, but what it reports (the
+# application may not open the mailbox) lasts until someone grants the permission.
+_MAILBOX_LOGON_FAILURE = "STOREDRV"
+
+
+def xoauth2_challenge(encoded: str, secrets: tuple[str, ...] = ()) -> dict[str, str]:
+    """The JSON error a server sends as a 334 challenge to a refused XOAUTH2 token, as short redacted
+    strings: ``status``, ``schemes``, ``scope``; empty when it is not base64 of a JSON object (pure)."""
+    try:
+        data = json.loads(base64.b64decode(encoded.strip(), validate=True))
+    except (ValueError, binascii.Error):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: redact(str(data[key]), secrets, limit=200) for key in ("status", "schemes", "scope") if key in data}
+
+
+def fresh_token_may_help(code: int, message: str, challenge: Mapping[str, str] | None) -> bool:
+    """Whether asking for a new token and trying AUTH again can change the answer (pure).
+
+    Only a refusal of the token itself qualifies: a temporary reply waits for backoff, and a policy reply
+    (SMTP AUTH disabled) or a challenge that names another cause than the token (status other than 401)
+    would only count one more failed login against the mailbox.
+    """
+    if code < 500:
+        return False
+    if any(policy in message for policy in _POLICY_CODES):
+        return False
+    return challenge is None or challenge.get("status") in (None, "401")
+
+
+def auth_refusal(mechanism: str, username: str, code: int, reply: str, challenge: Mapping[str, str] | None,
+                 line_length: int) -> Failure:
+    """A refused AUTH, as a Failure that quotes the (already redacted) ``reply`` and decodes the challenge
+    (pure). A 4xx reply is temporary: AuthenticationDeferred, which is retried with backoff."""
+    message = f"AUTH {mechanism} as {username} refused: {reply}"
+    if challenge:
+        message += "; the server's XOAUTH2 error: " + ", ".join(f"{k} {v}" for k, v in challenge.items())
+    elif challenge is not None:
+        message += "; the server's XOAUTH2 error challenge could not be decoded"
+    lowered = reply.lower()
+    if line_length > _COMMON_LINE_LIMIT and any(word in lowered for word in ("base64", "line", "too long")):
+        message += (f"; the AUTH line was {line_length} bytes, and many MTAs cut lines at {_COMMON_LINE_LIMIT} "
+                    "(Postfix: line_length_limit): raise the limit, Keycloak sends the same line")
+    if 400 <= code < 500 and _MAILBOX_LOGON_FAILURE not in reply:
+        return Failure(Reason.AUTHENTICATION_DEFERRED, message + " (temporary: kcmail tries again with backoff)")
+    return Failure(Reason.AUTHENTICATION_REJECTED, message)
+
+
+_CHALLENGE = 334
+_ACCEPTED = 235
+_STEP_WORDS = {"connect": "connecting", "ehlo": "EHLO", "starttls": "STARTTLS", "auth": "AUTH",
+               "send": "sending the probe message"}
+
+
+def _xoauth2_initial(username: str, token: str) -> bytes:
+    """The SASL XOAUTH2 initial response, exactly as Jakarta Mail (and so Keycloak) builds it."""
+    return base64.b64encode(f"user={username}\x01auth=Bearer {token}\x01\x01".encode())
+
+
+def _broken(target: SmtpTarget, step: str, done: list[str], error: BaseException,
+            secrets: tuple[str, ...]) -> Failure:
+    """A conversation that broke off at ``step`` after the steps ``done`` worked: the server was reached,
+    so the reason is not SMTPUnreachable (unless what answered speaks no SMTP), and the message names
+    where it stopped (pure)."""
+    where = f"{target.host}:{target.port}"
+    during = _STEP_WORDS.get(step, step)
+    if isinstance(error, aiosmtplib.SMTPResponseException) and error.code == _NOT_A_REPLY:
+        # Whatever listens there does not speak SMTP: as good as no SMTP server at all.
+        return Failure(Reason.SMTP_UNREACHABLE, f"{where} sent {_reply(error, secrets)} during {during}")
+    worked = f" ({', '.join(_STEP_WORDS.get(d, d) for d in done)} worked)" if done else ""
+    if isinstance(error, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        what = f"did not answer within {target.timeout:g} s during {during}"
+    elif isinstance(error, aiosmtplib.SMTPResponseException):
+        what = f"refused {during}: {_reply(error, secrets)}"
+    elif isinstance(error, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        what = f"closed the connection during {during}"
+    else:
+        what = f"failed during {during}: {_error_text(error, secrets)}"
+    return Failure(Reason.SMTP_CONVERSATION_FAILED, f"{where} {what}{worked}")
 
 
 def probe_message(spec: SendSpec, probe_id: str) -> EmailMessage:
@@ -208,7 +315,10 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
     async def step(name: str, action: Callable[[], Awaitable[str]]) -> None:
         started = time.monotonic()
         try:
-            detail = await action()
+            try:
+                detail = await action()
+            except (aiosmtplib.SMTPException, OSError) as error:
+                raise _Stop(_broken(target, name, [s.name for s in result.steps], error, tuple(known))) from None
         except _Stop as stop:
             result.steps.append(Step(name, False, time.monotonic() - started, stop.failure.message))
             raise
@@ -242,21 +352,33 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
             root = _root(error)
             if isinstance(root, ssl.SSLError):
                 raise _Stop(_tls_failure(target, root)) from None
-            raise _Stop(_tls_failure(target, error)) from None
+            raise  # a refused STARTTLS, a lost connection, a timeout: the step names it
         await client.ehlo()
         result.offered_auth = frozenset(m.upper() for m in client.server_auth_methods)
         return f"{_tls_summary(client)}; EHLO again: {_capabilities(client)}"
 
     async def authenticate(mechanism: str, secret: str) -> str:
-        if mechanism == "XOAUTH2":
-            call = client.auth_xoauth2(credentials.username, secret)
-        else:
-            call = (client.auth_plain if mechanism == "PLAIN" else client.auth_login)(credentials.username, secret)
+        challenge: dict[str, str] | None = None
+        line_length = 0
         try:
-            response = await call
+            if mechanism == "XOAUTH2":
+                # By hand rather than aiosmtplib's auth_xoauth2, which drops the error challenge.
+                initial = _xoauth2_initial(credentials.username, secret)
+                line_length = len(b"AUTH XOAUTH2 \r\n") + len(initial)
+                response = await client.execute_command(b"AUTH", b"XOAUTH2", initial)
+                if response.code == _CHALLENGE:
+                    challenge = xoauth2_challenge(response.message, tuple(known))
+                    response = await client.execute_command(b"")  # the empty answer that asks for the verdict
+                if response.code != _ACCEPTED:
+                    raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)
+            else:
+                login = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+                response = await login(credentials.username, secret)
         except aiosmtplib.SMTPAuthenticationError as error:
-            raise _Stop(Failure(Reason.AUTHENTICATION_REJECTED, f"AUTH {mechanism} as {credentials.username} "
-                                f"refused: {_reply(error, tuple(known))}")) from None
+            result.token_refused = mechanism == "XOAUTH2" and fresh_token_may_help(error.code, error.message,
+                                                                                   challenge)
+            raise _Stop(auth_refusal(mechanism, credentials.username, error.code, _reply(error, tuple(known)),
+                                     challenge, line_length)) from None
         return f"AUTH {mechanism} as {credentials.username}: {response.code} {response.message}"
 
     async def deliver() -> str:
@@ -294,9 +416,6 @@ async def probe_smtp(target: SmtpTarget, credentials: SmtpCredentials, tls: ssl.
             await step("send", deliver)
     except _Stop as stop:
         result.failure = stop.failure
-    except (aiosmtplib.SMTPException, OSError) as error:
-        result.failure = Failure(Reason.SMTP_UNREACHABLE, f"{target.host}:{target.port} closed the conversation: "
-                                 f"{_error_text(error, tuple(known))}")
     finally:
         if client.is_connected:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):

@@ -16,7 +16,10 @@ MASK = "**********"
 SECRET_KEYS = frozenset({"password", "authTokenClientSecret"})
 
 TOKEN_AUTH_SINCE = (26, 2, 0)
+# allowutf8 came in 26.3.3 and was back-ported to 26.2.8 (keycloak#41957; the upgrading guide's "Migrating
+# to 26.2.8"), so 26.3.0 to 26.3.2 lack it.
 ALLOW_UTF8_SINCE = (26, 3, 3)
+ALLOW_UTF8_BACKPORT = ((26, 2, 8), (26, 3, 0))
 TIMEOUTS_SINCE = (26, 5, 0)
 
 Version = tuple[int, int, int]
@@ -81,7 +84,7 @@ def desired_smtp_server(spec: MailConfigSpec, credentials: Credentials, version:
         "replyToDisplayName": sender.reply_to_display_name,
         "envelopeFrom": sender.envelope_from,
     }
-    if _has(version, ALLOW_UTF8_SINCE):
+    if has_allow_utf8(version):
         settings["allowutf8"] = _flag(smtp.allow_utf8)
     if _has(version, TIMEOUTS_SINCE):
         settings["connectionTimeout"] = _millis(smtp.timeouts.connect.total_seconds())
@@ -100,6 +103,12 @@ def desired_smtp_server(spec: MailConfigSpec, credentials: Credentials, version:
     elif auth.type is AuthType.BASIC:
         settings |= {"user": auth.username, "authType": "basic", "password": credentials.password}
     return {key: value for key, value in settings.items() if value != ""}
+
+
+def has_allow_utf8(version: Version | None) -> bool:
+    """Whether a Keycloak of ``version`` knows the allowutf8 key (pure)."""
+    backport_from, backport_to = ALLOW_UTF8_BACKPORT
+    return _has(version, ALLOW_UTF8_SINCE) or (version is not None and backport_from <= version < backport_to)
 
 
 def _has(version: Version | None, since: Version) -> bool:

@@ -49,3 +49,18 @@ def test_drift_in_keycloak_is_put_back_within_the_interval_with_a_warning_naming
     # The Event is posted with the status the write makes (Ready Unknown while the probe runs); the probe follows.
     probed = tenant.wait_condition("True", "Delivering", timeout=30)["status"]
     assert probed["lastAppliedTime"] == status["lastAppliedTime"]
+
+
+def test_a_spec_edit_is_applied_as_news_not_as_drift(operator, tenant):
+    # A GitOps edit is kcmail's own change: a drift alert for it would teach people to ignore drift alerts.
+    tenant.apply(tenant.secret(), tenant.mailconfig())
+    tenant.wait_condition("True", "Delivering")
+    edited = tenant.mailconfig()
+    name = edited["spec"]["sender"]["fromDisplayName"] = f"Edited {uuid.uuid4().hex[:8]}"
+    tenant.apply(edited)
+    tenant.wait_for(lambda o: tenant.smtp_server().get("fromDisplayName") == name, timeout=30,
+                    what="the edited display name in the realm")
+    tenant.wait_condition("True", "Delivering", timeout=30)
+    events = [(e["reason"], e["message"]) for e in tenant.events()]
+    assert "DriftCorrected" not in [reason for reason, _ in events], events
+    assert ("SettingsApplied", "wrote smtpServer (1 keys differed)") in events, events

@@ -15,7 +15,7 @@ import yaml
 from kcmail.devenv import operator_env
 from kcmail.devenv.clients import realm_changes
 from kcmail.devenv.environment import SENDER_MAILBOXES
-from kcmail.smtp_settings import ALLOW_UTF8_SINCE, TIMEOUTS_SINCE, parse_version
+from kcmail.smtp_settings import TIMEOUTS_SINCE, has_allow_utf8, parse_version
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,7 @@ def _configured_by_hand(env) -> dict[str, str]:
         "authTokenClientId": env.issuer_client_id, "authTokenClientSecret": env.issuer_client_secret,
     }
     version = parse_version(env.keycloak_version)
-    if version >= ALLOW_UTF8_SINCE:
+    if has_allow_utf8(version):
         smtp["allowutf8"] = "false"
     if version >= TIMEOUTS_SINCE:
         smtp |= {"connectionTimeout": "15000", "timeout": "20000", "writeTimeout": "10000"}

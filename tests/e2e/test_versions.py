@@ -1,7 +1,7 @@
 """Features gated on the Keycloak version, against a real Keycloak 26.4.7 beside the session's 26.7.3.
 
-26.4.7 has token auth (26.2+) and ``allowutf8`` (26.3.3+) but not the timeout keys (26.5+). It trusts
-the environment's CA and uses the session Keycloak's issuer realm, so the SMTP server accepts its
+26.4.7 has token auth (26.2+) and ``allowutf8`` (26.3.3+; 26.2.8+ on 26.2) but not the timeout keys
+(26.5+). It trusts the environment's CA and uses the session Keycloak's issuer realm, so the SMTP server accepts its
 tokens as it accepts 26.7.3's. Token auth below 26.2 cannot run here (the Maven distribution starts at
 26.4.0); tests/unit/test_reconcile_keycloak_boundary.py covers it at the reconcile boundary.
 """

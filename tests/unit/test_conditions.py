@@ -117,6 +117,10 @@ def test_ready_is_delivering_only_when_every_enabled_probe_passed():
                                          token=Failure(Reason.INVALID_CLIENT, "invalid_client"))))
     assert no_token[ConditionType.READY].reason is Reason.INVALID_CLIENT
     assert no_token[ConditionType.SMTP_AUTHENTICATED].status is Status.UNKNOWN
+    # Nothing is pending: the SMTP step was skipped, and the condition says why.
+    assert no_token[ConditionType.SMTP_AUTHENTICATED].reason is Reason.SKIPPED
+    assert "TokenAcquired: InvalidClient" in no_token[ConditionType.SMTP_AUTHENTICATED].message
+    assert ConditionType.RECONCILING not in no_token
     assert ConditionType.STALLED not in no_token  # a provider outage can pass by itself
 
     basic = _by_type(evaluate(Outcome(credentials=True, applied=True, probes=Probes.SMTP, smtp=True)))

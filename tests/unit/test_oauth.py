@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kcmail.conditions import Failure, Reason
-from kcmail.oauth import RENEW_BEFORE, Token, TokenClient, TokenRequest, classify_response
+from kcmail.oauth import RENEW_BEFORE, Token, TokenClient, TokenFailure, TokenRequest, classify_response
 
 pytestmark = pytest.mark.unit
 
@@ -54,12 +54,46 @@ def test_oauth2_errors_keep_the_servers_words(error, reason):
     assert description in failure.message
 
 
-def test_a_non_json_body_is_a_token_endpoint_error():
-    failure = _classify(502, b"<html>Bad gateway</html>", "text/html; charset=utf-8")
+@pytest.mark.parametrize(("status", "reason"), [(502, Reason.TOKEN_ENDPOINT_UNAVAILABLE),
+                                                 (404, Reason.TOKEN_ENDPOINT_ERROR)])
+def test_a_non_json_body_is_described_and_a_5xx_one_is_an_outage(status, reason):
+    failure = _classify(status, b"<html>Bad gateway</html>", "text/html; charset=utf-8")
     assert isinstance(failure, Failure)
-    assert failure.reason is Reason.TOKEN_ENDPOINT_ERROR
-    assert "HTTP 502" in failure.message
+    assert failure.reason is reason
+    assert f"HTTP {status}" in failure.message
     assert "text/html" in failure.message
+    assert "Bad gateway" not in failure.message
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (503, {"error": "temporarily_unavailable"}),
+    (500, {"error": "server_error", "error_description": "AADSTS90033: A transient error has occurred."}),
+    (400, {"error": "temporarily_unavailable"}),
+    (429, {"error": "too_many_requests"}),
+])
+def test_an_endpoint_down_or_busy_is_unavailable_not_an_error(status, body):
+    failure = _classify(status, body)
+    assert isinstance(failure, Failure)
+    assert failure.reason is Reason.TOKEN_ENDPOINT_UNAVAILABLE
+    assert body["error"] in failure.message
+
+
+@pytest.mark.parametrize(("error", "step"), [
+    (httpx.ConnectTimeout("timed out"), "timed out connecting"),
+    (httpx.ReadTimeout("The operation did not complete (read)"), "timed out waiting for the answer"),
+    (httpx.WriteTimeout("timed out"), "timed out sending the request"),
+])
+async def test_a_timeout_says_timeout_and_at_which_step(error, step):
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        with pytest.raises(TokenFailure) as caught:
+            await TokenClient(http, now=lambda: NOW).token(TokenRequest(
+                url="https://login.example/token", client_id="app", client_secret="s", scope="", secret_version="v"))
+    assert caught.value.failure.reason is Reason.TOKEN_ENDPOINT_UNAVAILABLE
+    assert step in caught.value.failure.message
+    assert "TLS" not in caught.value.failure.message
 
 
 def test_a_success_without_access_token_is_an_error():

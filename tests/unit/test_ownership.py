@@ -1,13 +1,12 @@
 """Ownership recorded in the realm: who may write, who must wait, how a realm is adopted and released.
 
-The decision is pure (``decide``); the reconcile around it runs against small fakes of the Kubernetes reads
-and the Keycloak admin client, as in test_reconcile_keycloak_boundary.py. The real servers' side is in
-tests/e2e/test_conflicts.py and tests/e2e/test_tenant_boundary.py.
+The decision is pure (``decide``); the reconcile around it runs against the small fakes of
+reconcile_fakes.py. The real servers' side is in tests/e2e/test_conflicts.py and
+tests/e2e/test_tenant_boundary.py.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 from typing import Any
 
@@ -15,10 +14,20 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reconcile_fakes import (
+    ME,
+    NOW,
+    FakeClients,
+    FakeKeycloak,
+    FakeKube,
+    dataclass_with_status,
+    mailconfig,
+    ready,
+    reconciler_for,
+)
 
 from kcmail.conditions import Failure, Reason
 from kcmail.keycloak import AdminCredentials, KeycloakClient, KeycloakFailure
-from kcmail.kube import Secret
 from kcmail.ownership import (
     ADOPT_ANNOTATION,
     OWNER_ATTRIBUTE,
@@ -33,9 +42,7 @@ from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.unit
 
-ME = Owner(uid="uid-me", mailconfig="tenant-a/mail")
 OTHER = Owner(uid="uid-other", mailconfig="tenant-b/mail")
-NOW = datetime.datetime(2026, 12, 6, 10, 0, tzinfo=datetime.UTC)
 
 
 def test_a_realm_that_names_no_one_is_claimed_and_read_back():
@@ -94,111 +101,30 @@ def test_the_record_round_trips_and_leaves_other_attributes_alone():
 
 # --- the reconcile around the decision ------------------------------------------------------------------
 
-NAMESPACE, NAME, UID = "tenant-a", "mail", "uid-me"
-SPEC = {"connectionRef": {"kind": "KeycloakConnection", "name": "kc"}, "realm": "acme",
-        "smtp": {"host": "smtp.example"}, "sender": {"from": "no-reply@acme.example"},
-        "auth": {"type": "Basic", "username": "u", "basic": {"passwordSecretRef": {"name": "smtp"}}}}
-
-
-class FakeKube:
-    def __init__(self, mailconfigs: dict[str, str] | None = None, allowed_realms: list[str] | None = None) -> None:
-        self.mailconfigs = mailconfigs or {}
-        self.allowed_realms = allowed_realms
-
-    async def connection(self, kind: ConnectionKind, name: str, namespace: str | None) -> dict[str, Any]:
-        # "kc" and "kc-spelled" reach the same Keycloak; "elsewhere" another one.
-        url = {"elsewhere": "https://other-keycloak.example"}.get(name, "https://keycloak.example")
-        if name == "kc-spelled":
-            url = "HTTPS://Keycloak.example/"
-        spec: dict[str, Any] = {"url": url, "credentialsSecretRef": {"name": "kc-admin"}}
-        if self.allowed_realms is not None:
-            spec["allowedRealms"] = self.allowed_realms
-        return {"spec": spec}
-
-    async def secret(self, namespace: str, name: str) -> Secret:
-        data = {"username": "admin", "password": "pw"} if name == "kc-admin" else {"password": "smtp-password"}
-        return Secret(namespace, name, f"uid-{name}", "1", data)
-
-    async def namespace_labels(self, namespace: str) -> dict[str, str]:
-        return {}
-
-    async def mailconfig_uid(self, namespace: str, name: str) -> str | None:
-        return self.mailconfigs.get(f"{namespace}/{name}")
-
-
-class FakeKeycloak:
-    """One realm; ``race`` is a record another writer puts in right after this client's next write."""
-
-    def __init__(self, owner: Owner | None = None, race: Owner | None = None) -> None:
-        self.realm: dict[str, Any] = {"realm": "acme", "attributes": {"frontendUrl": "https://sso"},
-                                      "smtpServer": {"host": "hand-made"}}
-        if owner is not None:
-            self.realm["attributes"][OWNER_ATTRIBUTE] = owner.record()
-        self.race = race
-        self.writes: list[dict[str, Any]] = []
-
-    async def version(self, *, fresh: bool = False) -> tuple[int, int, int]:
-        return (26, 7, 3)
-
-    async def read_realm(self, realm: str, *, follow_up: bool = False) -> dict[str, Any]:
-        return json.loads(json.dumps(self.realm))
-
-    async def write_realm(self, realm: str, representation: dict[str, Any]) -> None:
-        self.writes.append(representation)
-        self.realm = {**representation, "smtpServer": representation.get("smtpServer", self.realm["smtpServer"])}
-        if self.race is not None:
-            self.realm = with_owner(self.realm, {"host": "theirs"}, self.race)
-            self.race = None
-
-
-class FakeClients:
-    def __init__(self, keycloak: FakeKeycloak) -> None:
-        self.keycloak = keycloak
-
-    async def get(self, connection: Any) -> FakeKeycloak:
-        return self.keycloak
-
-
-def _reconciler(keycloak: FakeKeycloak, kube: FakeKube | None = None) -> Reconciler:
-    return Reconciler(kube or FakeKube(), FakeClients(keycloak), now=lambda: NOW)  # type: ignore[arg-type]
-
-
-def _mailconfig(annotations: dict[str, str] | None = None, **spec: Any) -> MailConfigObject:
-    return MailConfigObject.from_body({
-        "metadata": {"namespace": NAMESPACE, "name": NAME, "uid": UID, "generation": 1,
-                     "creationTimestamp": "2026-12-06T09:00:00Z", "annotations": annotations or {}},
-        "spec": {**SPEC, **spec}, "status": {}})
-
-
-def _ready(result: Any) -> tuple[str, str, str]:
-    ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
-    return ready["status"], ready["reason"], ready["message"]
-
-
 async def test_a_hand_configured_realm_is_claimed_in_the_same_put_as_the_settings():
     keycloak = FakeKeycloak()
-    result = await _reconciler(keycloak).reconcile(_mailconfig())
+    result = await reconciler_for(keycloak).reconcile(mailconfig())
     (written,) = keycloak.writes
     assert recorded_owner(written) == ME
     assert written["smtpServer"]["password"] == "smtp-password"
     assert written["attributes"]["frontendUrl"] == "https://sso"
-    assert _ready(result)[:2] == ("True", "InSync")
+    assert ready(result)[:2] == ("True", "InSync")
 
 
 async def test_a_realm_owned_by_a_live_mailconfig_is_neither_written_nor_cleared():
     keycloak = FakeKeycloak(owner=OTHER)
-    reconciler = _reconciler(keycloak, FakeKube({OTHER.mailconfig: OTHER.uid}))
-    result = await reconciler.reconcile(_mailconfig())
+    reconciler = reconciler_for(keycloak, FakeKube({OTHER.mailconfig: OTHER.uid}))
+    result = await reconciler.reconcile(mailconfig())
     assert keycloak.writes == []
-    assert _ready(result)[:2] == ("False", "RealmConflict")
-    assert (await reconciler.finalize(_mailconfig(deletionPolicy="Clear"))).events == []
+    assert ready(result)[:2] == ("False", "RealmConflict")
+    assert (await reconciler.finalize(mailconfig(deletionPolicy="Clear"))).events == []
     assert keycloak.writes == []
 
 
 async def test_a_claim_that_crossed_another_is_lost_by_the_one_whose_record_did_not_stay():
     keycloak = FakeKeycloak(race=OTHER)
-    result = await _reconciler(keycloak).reconcile(_mailconfig())
-    status, reason, message = _ready(result)
+    result = await reconciler_for(keycloak).reconcile(mailconfig())
+    status, reason, message = ready(result)
     assert (status, reason) == ("False", "RealmConflict")
     assert "MailConfig tenant-b/mail claimed this realm at the same moment" in message
     assert "appliedSecretVersion" not in result.status
@@ -206,19 +132,19 @@ async def test_a_claim_that_crossed_another_is_lost_by_the_one_whose_record_did_
 
 async def test_adoption_takes_the_realm_over_from_a_gone_owner_and_says_so():
     keycloak = FakeKeycloak(owner=OTHER)
-    waiting = await _reconciler(keycloak).reconcile(_mailconfig())
-    assert _ready(waiting)[:2] == ("False", "RealmConflict")
+    waiting = await reconciler_for(keycloak).reconcile(mailconfig())
+    assert ready(waiting)[:2] == ("False", "RealmConflict")
     assert keycloak.writes == []
-    adopted = await _reconciler(keycloak).reconcile(_mailconfig({ADOPT_ANNOTATION: OTHER.uid}))
+    adopted = await reconciler_for(keycloak).reconcile(mailconfig({ADOPT_ANNOTATION: OTHER.uid}))
     assert recorded_owner(keycloak.realm) == ME
     assert ("Warning", "RealmAdopted") in [(e.type, e.reason) for e in adopted.events]
-    assert _ready(adopted)[0] == "True"
+    assert ready(adopted)[0] == "True"
 
 
 async def test_a_steady_owner_writes_nothing_and_an_upgrade_records_the_owner_once():
     keycloak = FakeKeycloak()
-    reconciler = _reconciler(keycloak)
-    first = await reconciler.reconcile(_mailconfig())
+    reconciler = reconciler_for(keycloak)
+    first = await reconciler.reconcile(mailconfig())
     keycloak.realm["attributes"].pop(OWNER_ATTRIBUTE)  # as a realm written by kcmail before ownership was recorded
     second = await reconciler.reconcile(dataclass_with_status(first.status))
     assert [e.reason for e in second.events] == ["OwnerRecorded"]
@@ -226,15 +152,10 @@ async def test_a_steady_owner_writes_nothing_and_an_upgrade_records_the_owner_on
     assert (len(keycloak.writes), third.wrote, third.events) == (2, False, [])
 
 
-def dataclass_with_status(status: dict[str, Any]) -> MailConfigObject:
-    obj = _mailconfig()
-    return MailConfigObject(**{**obj.__dict__, "status": status})
-
-
 @pytest.mark.parametrize("policy", ["Clear", "Retain"])
 async def test_deletion_releases_the_realm_and_clear_also_empties_its_settings(policy):
     keycloak = FakeKeycloak(owner=ME)
-    result = await _reconciler(keycloak).finalize(_mailconfig(deletionPolicy=policy))
+    result = await reconciler_for(keycloak).finalize(mailconfig(deletionPolicy=policy))
     (written,) = keycloak.writes
     assert recorded_owner(written) is None
     assert written["attributes"]["frontendUrl"] == "https://sso"
@@ -250,8 +171,8 @@ async def test_deletion_releases_the_realm_and_clear_also_empties_its_settings(p
 async def test_a_mailconfig_its_connection_does_not_allow_clears_nothing_on_deletion():
     # The squatter of the issue: it never could write the realm, so its deletion must not clear it either.
     keycloak = FakeKeycloak(owner=None)
-    reconciler = _reconciler(keycloak, FakeKube(allowed_realms=["tenant-*"]))
-    result = await reconciler.finalize(_mailconfig(deletionPolicy="Clear"))
+    reconciler = reconciler_for(keycloak, FakeKube(allowed_realms=["tenant-*"]))
+    result = await reconciler.finalize(mailconfig(deletionPolicy="Clear"))
     assert (keycloak.writes, result.events, result.retry) == ([], [], False)
 
 
@@ -277,12 +198,12 @@ async def test_a_realm_answer_that_names_another_realm_is_never_written():
     client._admin.connection.a_raw_put = put
     try:
         reconciler = Reconciler(FakeKube(), FakeClients(client), now=lambda: NOW)  # type: ignore[arg-type]
-        result = await reconciler.reconcile(_mailconfig())
-        cleared = await reconciler.finalize(_mailconfig(deletionPolicy="Clear"))
+        result = await reconciler.reconcile(mailconfig())
+        cleared = await reconciler.finalize(mailconfig(deletionPolicy="Clear"))
     finally:
         await client.aclose()
     assert puts == []
-    status, reason, message = _ready(result)
+    status, reason, message = ready(result)
     assert (status, reason) == ("False", "RealmMismatch")
     assert "asked for realm 'acme', Keycloak answered with realm 'ACME'" in message
     assert cleared.events == []
@@ -304,10 +225,10 @@ def _holder(created: str, applied: bool, connection: str = "kc") -> Holder:
 ])
 async def test_an_unrecorded_realm_waits_for_the_older_mailconfig_that_wrote_it(holder, waits):
     keycloak = FakeKeycloak()
-    result = await _reconciler(keycloak).reconcile(_mailconfig(), holders=lambda realm: [holder])
+    result = await reconciler_for(keycloak).reconcile(mailconfig(), holders=lambda realm: [holder])
     if waits:
         assert keycloak.writes == []
-        status, reason, message = _ready(result)
+        status, reason, message = ready(result)
         assert (status, reason) == ("False", "RealmConflict")
         assert "MailConfig tenant-b/mail (older) wrote this realm before kcmail recorded owners" in message
     else:
@@ -317,8 +238,8 @@ async def test_an_unrecorded_realm_waits_for_the_older_mailconfig_that_wrote_it(
 async def test_a_recorded_realm_is_decided_by_its_record_not_by_the_index():
     keycloak = FakeKeycloak(owner=ME)
     older = _holder("2026-12-06T08:00:00Z", applied=True)
-    result = await _reconciler(keycloak).reconcile(_mailconfig(), holders=lambda realm: [older])
-    assert _ready(result)[0] == "True"
+    result = await reconciler_for(keycloak).reconcile(mailconfig(), holders=lambda realm: [older])
+    assert ready(result)[0] == "True"
 
 
 async def test_a_mailconfig_that_never_wrote_waits_for_no_keycloak_on_deletion():
@@ -326,10 +247,10 @@ async def test_a_mailconfig_that_never_wrote_waits_for_no_keycloak_on_deletion()
         async def read_realm(self, realm: str, *, follow_up: bool = False) -> dict[str, Any]:
             raise KeycloakFailure(Failure(Reason.KEYCLOAK_AUTH_FAILED, "refused", needs_person=True))
 
-    never_wrote = await _reconciler(Refusing()).finalize(_mailconfig(deletionPolicy="Clear"))
+    never_wrote = await reconciler_for(Refusing()).finalize(mailconfig(deletionPolicy="Clear"))
     assert (never_wrote.retry, never_wrote.events) == (False, [])
     wrote = dataclass_with_status({"lastAppliedTime": "2026-12-06T09:00:00Z"})
-    blocked = await _reconciler(Refusing()).finalize(MailConfigObject(**{**wrote.__dict__, "spec": {
+    blocked = await reconciler_for(Refusing()).finalize(MailConfigObject(**{**wrote.__dict__, "spec": {
         **wrote.spec, "deletionPolicy": "Clear"}}))
     assert blocked.retry is True
-    assert _ready(blocked)[:2] == ("False", "DeletionBlocked")
+    assert ready(blocked)[:2] == ("False", "DeletionBlocked")

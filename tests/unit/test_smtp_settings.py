@@ -44,7 +44,7 @@ def test_xoauth2_maps_to_lowercase_token_auth_with_the_real_secret():
     assert MASK not in settings.values()
 
 
-def test_timeout_keys_are_left_out_below_26_5_and_allowutf8_below_26_3_3():
+def test_timeout_keys_are_left_out_below_26_5_and_allowutf8_where_keycloak_lacks_it():
     spec = MailConfigSpec.parse(XOAUTH2)
     old = desired_smtp_server(spec, CREDS, (26, 4, 7))
     assert "connectionTimeout" not in old
@@ -53,6 +53,10 @@ def test_timeout_keys_are_left_out_below_26_5_and_allowutf8_below_26_3_3():
     assert old["allowutf8"] == "false"
     older = desired_smtp_server(spec, CREDS, (26, 2, 5))
     assert "allowutf8" not in older
+    # Back-ported to 26.2.8; 26.3.0 to 26.3.2 came out before it.
+    for version, has in (((26, 2, 7), False), ((26, 2, 8), True), ((26, 2, 12), True), ((26, 3, 0), False),
+                         ((26, 3, 2), False), ((26, 3, 3), True)):
+        assert ("allowutf8" in desired_smtp_server(spec, CREDS, version)) is has, version
 
 
 def test_token_auth_below_26_2_is_unsupported():

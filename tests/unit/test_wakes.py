@@ -30,6 +30,29 @@ def test_a_connection_created_after_start_up_wakes_the_mailconfigs_waiting_for_i
     assert _runtime().connection_changed(CONNECTION, 1)
 
 
+def _with(kind: str, state: str) -> dict[str, list[dict[str, str]]]:
+    return {"conditions": [{"type": kind, "status": state}]}
+
+
+def test_a_failing_connection_is_checked_again_when_a_mailconfig_gets_through_it():
+    rt = _runtime()
+    # Never checked, or checked Ready: a pass has nothing to prove.
+    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
+    rt.connection_checked(CONNECTION, _with("Ready", "True"))
+    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
+
+    rt.connection_checked(CONNECTION, _with("Ready", "False"))  # KeycloakUnreachable, say
+    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "False"), now=100)
+    assert not rt.recheck_after_pass(("ClusterKeycloakConnection", None, "other"), _with("Applied", "True"), now=100)
+    assert rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
+    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=101)  # once, not per pass
+
+    # A check that still fails while passes succeed: again, but not more often than every 30 s.
+    rt.connection_checked(CONNECTION, _with("Ready", "False"))
+    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=110)
+    assert rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=131)
+
+
 def test_a_secret_is_news_only_when_its_version_is_not_the_applied_one():
     assert not secret_is_news("uid-1", "41", secret_version("uid-1", "41"))
     assert secret_is_news("uid-1", "42", secret_version("uid-1", "41"))

@@ -25,7 +25,7 @@ from kcmail.conditions import Failure, Reason
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
 from kcmail.probe_cli import InputError, find_secret, read_manifests, secret_values
 from kcmail.redact import redact
-from kcmail.smtp_probe import SmtpCredentials, SmtpTarget, Step, probe_smtp
+from kcmail.smtp_probe import SmtpCredentials, SmtpTarget, Step, no_auth_offered, probe_smtp
 from kcmail.spec import AuthType, Security
 
 _DEFAULT_TIMEOUT_MS = 10_000
@@ -176,6 +176,11 @@ async def _token_step(realm: str, smtp: Mapping[str, str], secret: str, provided
 def _check_mechanism(realm: str, kind: AuthKind, smtp: Mapping[str, str], offered: frozenset[str],
                      provided: ProvidedSecret | None, probe: RealmProbe, *, report_untested: bool) -> None:
     where = f"{smtp.get('host')}:{stored_target(smtp).port}"
+    if not offered:
+        failure = no_auth_offered(where)
+        probe.smtp = "failed"
+        probe.findings.append(Finding.of(Check.PROBE_SMTP_FAILED, realm, failure.message, failure.reason.value))
+        return
     if not offered & _MECHANISMS[kind]:
         reason = Reason.XOAUTH2_NOT_OFFERED if kind is AuthKind.TOKEN else Reason.AUTHENTICATION_REJECTED
         wanted = " or ".join(sorted(_MECHANISMS[kind]))
@@ -183,7 +188,7 @@ def _check_mechanism(realm: str, kind: AuthKind, smtp: Mapping[str, str], offere
         probe.findings.append(Finding.of(
             Check.PROBE_SMTP_FAILED, realm,
             f"{where} does not advertise AUTH {wanted}, which Keycloak's {kind.value} authentication needs "
-            f"(offers: {' '.join(sorted(offered)) or 'no AUTH'})", reason.value))
+            f"(offers: {' '.join(sorted(offered))})", reason.value))
         return
     if not report_untested:
         return

@@ -2,10 +2,12 @@
 
 Each speaks its protocol on a real socket: a token endpoint and an SMTP server that echo back what they
 were sent (the client secret, the decoded XOAUTH2 string), a service that answers every request with an
-HTML page, and one that greets every connection with an HTTP banner where an SMTP greeting belongs. The
-tenant-boundary tests point MailConfigs and Connections at them and check that nothing they say reaches a
-status, an Event, a log or CLI output unredacted. Every connection is served in a thread with a socket
-timeout and a bound on what is read.
+HTML page, one that greets every connection with an HTTP banner where an SMTP greeting belongs, and an SMTP
+server that follows a script (connections closed or left unanswered at a chosen step, temporary
+replies, XOAUTH2 error challenges). The tenant-boundary tests point MailConfigs and Connections at them
+and check that nothing they say reaches a status, an Event, a log or CLI output unredacted; the probe
+tests use the scripted one. Every connection is served in a thread with a socket timeout and a bound on
+what is read.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 _TIMEOUT_SECONDS = 10.0
 _MAX_REQUEST_BYTES = 64 * 1024
@@ -109,6 +112,71 @@ class _EchoSmtpHandler(socketserver.StreamRequestHandler):
                 return
             else:
                 self._send("502 5.5.2 not here")
+
+
+# In a script: close the connection instead of answering, or read the command and never answer.
+CLOSE = "<close>"
+SILENT = "<silent>"
+
+
+class _ScriptedSmtpHandler(socketserver.StreamRequestHandler):
+    """An SMTP server that answers each verb as its ``script`` says, for the faults a real server shows
+    only now and then: a connection closed after EHLO or at STARTTLS, a temporary AUTH failure, an XOAUTH2
+    error challenge, a server that stops answering. A verb's lines are its replies in turn, one per command
+    line the client sends (so ``AUTH`` can be a 334 challenge and then the verdict); a verb the script does
+    not name gets the EHLO it lists or a 250."""
+
+    timeout = _TIMEOUT_SECONDS
+    script: ClassVar[dict[str, tuple[str, ...]]] = {}
+    received: ClassVar[list[tuple[str, int]]] = []  # (verb, line length in bytes), shared with the test
+
+    def _send(self, line: str) -> None:
+        self.wfile.write(line.encode() + b"\r\n")
+
+    def handle(self) -> None:
+        self._send("220 scripted.kcmail.test ESMTP")
+        replies = {verb: list(lines) for verb, lines in self.script.items()}
+        challenged = False  # the last answer was a 334: the next line is the client's answer to it
+        for _ in range(_MAX_LINES):
+            raw = self.rfile.readline(_MAX_REQUEST_BYTES)
+            if not raw:
+                return
+            words = raw.decode(errors="replace").split()
+            verb = "AUTH" if challenged else (words[0].upper() if words else "")
+            self.received.append((verb, len(raw)))
+            pending = replies.get(verb)
+            answer = pending.pop(0) if pending else None
+            challenged = answer is not None and answer.startswith("334")
+            if answer == CLOSE:
+                return
+            if answer == SILENT:
+                self.rfile.readline(_MAX_REQUEST_BYTES)  # until the client gives up and closes
+                return
+            if answer is not None:
+                self._send(answer)
+            elif verb in ("EHLO", "HELO"):
+                self._send("250-scripted.kcmail.test\r\n250 8BITMIME")
+            elif verb == "QUIT":
+                self._send("221 bye")
+                return
+            else:
+                self._send("250 ok")
+
+
+@contextmanager
+def scripted_smtp(script: dict[str, tuple[str, ...]]) -> Iterator[tuple[int, list[tuple[str, int]]]]:
+    """A :class:`_ScriptedSmtpHandler` server on 127.0.0.1: its port, and the (verb, length) of each line it
+    read. A multi-line reply (EHLO's) is one entry, its lines joined with CRLF."""
+    received: list[tuple[str, int]] = []
+    handler = type("Scripted", (_ScriptedSmtpHandler,), {"script": script, "received": received})
+    server = _TCPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    try:
+        yield _port(server), received
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class _BannerHandler(socketserver.BaseRequestHandler):
