@@ -198,6 +198,8 @@ def _mechanism(auth: AuthType, offered: frozenset[str], where: str) -> str | Fai
 # Postfix's default line_length_limit. An XOAUTH2 initial response grows with the token (3-4 KB from Entra
 # ID or Keycloak makes a ~4.6 KB line); past the limit Postfix cuts the line and reports invalid base64.
 _COMMON_LINE_LIMIT = 2048
+# What a reply to a cut line says (Postfix: "Invalid base64 data in initial response"; others: "line too long").
+_LINE_WORDS = ("base64", "line length", "too long")
 # Enhanced status codes that say SMTP AUTH itself is off, or basic authentication is: no token fixes those.
 # Microsoft 365: 5.7.139 (SMTP AUTH disabled for the tenant or mailbox), 5.7.30 (basic authentication
 # not supported for client submission).
@@ -243,7 +245,7 @@ def auth_refusal(mechanism: str, username: str, code: int, reply: str, challenge
     elif challenge is not None:
         message += "; the server's XOAUTH2 error challenge could not be decoded"
     lowered = reply.lower()
-    if line_length > _COMMON_LINE_LIMIT and any(word in lowered for word in ("base64", "line", "too long")):
+    if line_length > _COMMON_LINE_LIMIT and any(words in lowered for words in _LINE_WORDS):
         message += (f"; the AUTH line was {line_length} bytes, and many MTAs cut lines at {_COMMON_LINE_LIMIT} "
                     "(Postfix: line_length_limit): raise the limit, Keycloak sends the same line")
     if 400 <= code < 500 and _MAILBOX_LOGON_FAILURE not in reply:

@@ -215,5 +215,7 @@ def test_the_line_length_hint_needs_both_a_long_line_and_a_reply_about_it():
     reply = "535 5.7.8 Error: authentication failed: Invalid base64 data in initial response"
     assert "line_length_limit" in auth_refusal("XOAUTH2", MAILBOX, 535, reply, None, 4600).message
     assert "line_length_limit" not in auth_refusal("XOAUTH2", MAILBOX, 535, reply, None, 1900).message
-    assert "line_length_limit" not in auth_refusal("XOAUTH2", MAILBOX, 535, "535 5.7.8 invalid", None,
-                                                   4600).message
+    for other in ("535 5.7.8 invalid", "535 5.7.8 authentication declined"):
+        assert "line_length_limit" not in auth_refusal("XOAUTH2", MAILBOX, 535, other, None, 4600).message
+    assert "line_length_limit" in auth_refusal("XOAUTH2", MAILBOX, 500, "500 5.5.2 Line too long", None,
+                                               4600).message
