@@ -30,7 +30,6 @@ from kcmail.answers import KEYCLOAK_ANSWER_LIMIT, AnswerTooLarge, limited_client
 from kcmail.conditions import Failure, Reason
 from kcmail.defaults import KEYCLOAK_CONCURRENCY
 from kcmail.redact import redact
-from kcmail.slots import Slots
 from kcmail.smtp_settings import Version, parse_version
 from kcmail.spec import realm_name_problem
 
@@ -97,9 +96,8 @@ class KeycloakClient:
         self._admin = KeycloakAdmin(connection=connection)
         self._version: tuple[float, Version | None] | None = None
         self._token_lock = asyncio.Lock()
-        # Waiting for a slot has no deadline; a call that has one keeps its own timeout. A pass's write and
-        # read-back go before other passes' first reads (kcmail.slots).
-        self._slots = Slots(concurrency)
+        # Waiting for a slot has no deadline; a call that has one keeps its own timeout.
+        self._slots = asyncio.Semaphore(concurrency)
         self._version_read: asyncio.Future[Version | None] | None = None
 
     async def aclose(self) -> None:
@@ -151,14 +149,10 @@ class KeycloakClient:
             raise KeycloakFailure(_unexpected(what, "a list of realms"))
         return [str(realm["realm"]) for realm in realms]
 
-    async def read_realm(self, realm: str, *, follow_up: bool = False) -> dict[str, Any]:
-        """The realm's representation; refused unless it names exactly ``realm``.
-
-        ``follow_up``: a later read of a pass under way (the read-back after a claim), let through first.
-        """
+    async def read_realm(self, realm: str) -> dict[str, Any]:
+        """The realm's representation; refused unless it names exactly ``realm``."""
         what = f"read realm {realm!r}"
-        representation = _object(await self._call(what, "GET", realm_path(realm), realm=realm, follow_up=follow_up),
-                                  what)
+        representation = _object(await self._call(what, "GET", realm_path(realm), realm=realm), what)
         named = representation.get("realm")
         if named != realm:
             # A case-insensitive database collation, or something in between rewriting the path: either way
@@ -174,8 +168,7 @@ class KeycloakClient:
         if representation.get("realm") != realm:
             raise KeycloakFailure(Failure(Reason.REALM_MISMATCH, f"refusing to write realm {realm!r} with a "
                                           "representation of another realm", needs_person=True))
-        await self._call(f"update realm {realm!r}", "PUT", realm_path(realm), body=representation, realm=realm,
-                         follow_up=True)
+        await self._call(f"update realm {realm!r}", "PUT", realm_path(realm), body=representation, realm=realm)
 
     async def _ensure_token(self) -> None:
         """Log in once, before the first call and when the token nears its end.
@@ -197,11 +190,11 @@ class KeycloakClient:
                 await connection.a_get_token()
 
     async def _call(self, what: str, method: str, path: str, *, body: Mapping[str, Any] | None = None,
-                    realm: str | None = None, follow_up: bool = False) -> Any:
+                    realm: str | None = None) -> Any:
         """One admin API call; the parsed JSON answer (None for an empty one)."""
         connection = self._admin.connection
         try:
-            async with self._slots.held(follow_up=follow_up):
+            async with self._slots:
                 await self._ensure_token()
                 if method == "PUT":
                     response = await connection.a_raw_put(path, data=json.dumps(body))

@@ -425,7 +425,7 @@ async def _claim_lost(keycloak: KeycloakClient, realm: str, me: Owner) -> Failur
     Keycloak has no conditional write, so two first claims can cross; reading the realm back tells whose
     record stayed, and only that MailConfig goes on.
     """
-    winner = recorded_owner(await keycloak.read_realm(realm, follow_up=True))
+    winner = recorded_owner(await keycloak.read_realm(realm))
     if winner == me:
         return None
     who = f"MailConfig {winner.mailconfig}" if winner is not None else "someone else"

@@ -63,7 +63,7 @@ class FakeKeycloak:
     async def version(self, *, fresh: bool = False) -> tuple[int, int, int]:
         return (26, 7, 3)
 
-    async def read_realm(self, realm: str, *, follow_up: bool = False) -> dict[str, Any]:
+    async def read_realm(self, realm: str) -> dict[str, Any]:
         return json.loads(json.dumps(self.realm))
 
     async def write_realm(self, realm: str, representation: dict[str, Any]) -> None:

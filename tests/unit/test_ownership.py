@@ -244,7 +244,7 @@ async def test_a_recorded_realm_is_decided_by_its_record_not_by_the_index():
 
 async def test_a_mailconfig_that_never_wrote_waits_for_no_keycloak_on_deletion():
     class Refusing(FakeKeycloak):
-        async def read_realm(self, realm: str, *, follow_up: bool = False) -> dict[str, Any]:
+        async def read_realm(self, realm: str) -> dict[str, Any]:
             raise KeycloakFailure(Failure(Reason.KEYCLOAK_AUTH_FAILED, "refused", needs_person=True))
 
     never_wrote = await reconciler_for(Refusing()).finalize(mailconfig(deletionPolicy="Clear"))

@@ -73,7 +73,7 @@ class FakeKeycloak:
     async def version(self, *, fresh: bool = False) -> Version:
         return self.server_version
 
-    async def read_realm(self, realm: str, *, follow_up: bool = False) -> dict[str, Any]:
+    async def read_realm(self, realm: str) -> dict[str, Any]:
         assert realm == "acme"
         return dict(self.realm)
 
