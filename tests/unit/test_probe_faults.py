@@ -75,15 +75,6 @@ async def test_a_conversation_that_breaks_off_names_the_step_and_does_not_claim_
     assert result.steps[-1].detail == result.failure.message
 
 
-async def test_a_server_that_speaks_no_smtp_is_unreachable_and_not_quoted():
-    with scripted_smtp({"EHLO": ("HTTP/1.1 400 Bad Request: internal-build-server",)}) as (port, _):
-        result = await _probe(port)
-    assert result.failure is not None
-    assert result.failure.reason is Reason.SMTP_UNREACHABLE
-    assert "not an SMTP reply" in result.failure.message
-    assert "internal-build-server" not in result.failure.message
-
-
 async def test_a_server_that_stops_answering_is_a_timeout_at_that_step():
     with scripted_smtp({"EHLO": (SILENT,)}) as (port, _):
         result = await _probe(port, reply_seconds=1)
@@ -128,12 +119,21 @@ async def test_an_overlong_auth_line_refused_as_bad_base64_gets_the_line_length_
     assert token not in result.failure.message
 
 
-async def test_a_server_without_any_auth_says_what_keycloak_will_do():
-    with scripted_smtp({"EHLO": ("250-scripted.kcmail.test\r\n250 8BITMIME",)}) as (port, _):
+@pytest.mark.parametrize(("ehlo", "reason", "said", "unsaid"), [
+    # Something that is no SMTP server: described, never quoted.
+    ("HTTP/1.1 400 Bad Request: internal-build-server", Reason.SMTP_UNREACHABLE, "not an SMTP reply",
+     "internal-build-server"),
+    # No AUTH at all: Keycloak sends unauthenticated there, and the message says so.
+    ("250-scripted.kcmail.test\r\n250 8BITMIME", Reason.AUTH_NOT_OFFERED, "Keycloak will send without logging in",
+     "XOAUTH2NotOffered"),
+])
+async def test_what_answers_ehlo_decides_the_reason(ehlo, reason, said, unsaid):
+    with scripted_smtp({"EHLO": (ehlo,)}) as (port, _):
         result = await _probe(port)
     assert result.failure is not None
-    assert result.failure.reason is Reason.AUTH_NOT_OFFERED
-    assert "Keycloak will send without logging in" in result.failure.message
+    assert result.failure.reason is reason
+    assert said in result.failure.message
+    assert unsaid not in result.failure.message
 
 
 def _spec(port: int) -> MailConfigSpec:
