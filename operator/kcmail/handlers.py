@@ -30,7 +30,14 @@ from kcmail.oauth import TokenClient
 from kcmail.probes import Prober
 from kcmail.reconcile import Holder, MailConfigObject, Reconciler, Result, check_connection
 from kcmail.redact import redact
-from kcmail.runtime import OperatorOptions, Runtime, backoff, first_pass_can_wait, secret_is_news
+from kcmail.runtime import (
+    OperatorOptions,
+    Runtime,
+    backoff,
+    condition_true,
+    first_pass_can_wait,
+    secret_is_news,
+)
 from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.secretwatch import SecretEvent, SecretEventType, SecretWatch
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
@@ -128,7 +135,7 @@ async def realm_users(namespace: str, name: str, uid: str, meta: Any, spec: Any,
     # no owner yet, who wrote it first (Reconciler._unrecorded_holder). Who owns a recorded realm is decided
     # by the realm's own record (kcmail.ownership), never by this index.
     ref = spec.get("connectionRef") or {}
-    applied = any(c.get("type") == "Applied" and c.get("status") == "True" for c in status.get("conditions") or [])
+    applied = condition_true(status, "Applied")
     return {spec.get("realm", ""): (namespace, name, uid, meta.get("creationTimestamp", ""),
                                     ref.get("kind", ConnectionKind.CLUSTER.value), ref.get("name", ""), applied)}
 
@@ -155,10 +162,14 @@ async def secret_users(namespace: str, name: str, spec: Any, status: Any,
 
 @kopf.index(GROUP, VERSION, MAILCONFIGS)
 async def connection_users(namespace: str, name: str, spec: Any, **_: Any) -> dict[Any, str]:
+    return {_used_connection(namespace, spec): f"{namespace}/{name}"}
+
+
+def _used_connection(namespace: str, spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The index key of the Connection a MailConfig's spec refers to: (kind, namespace or None, name)."""
     ref = spec.get("connectionRef") or {}
     kind = ref.get("kind", ConnectionKind.CLUSTER.value)
-    return {(kind, namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name")):
-            f"{namespace}/{name}"}
+    return kind, namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name")
 
 
 @kopf.index(GROUP, VERSION, "keycloakconnections")
@@ -223,9 +234,7 @@ async def mailconfig_loop(rt: Runtime, key: str, holders: Callable[[str], list[H
 async def _recheck_if_reached(rt: Runtime, obj: MailConfigObject, status: Mapping[str, Any]) -> None:
     """A pass that applied its settings logged in through its Connection: a Connection whose last check
     failed (Keycloak down, say) is checked again now, so its status recovers with its MailConfigs."""
-    ref = obj.spec.get("connectionRef") or {}
-    kind = ref.get("kind", ConnectionKind.CLUSTER.value)
-    key = (kind, obj.namespace if kind == ConnectionKind.NAMESPACED.value else None, ref.get("name"))
+    key = _used_connection(obj.namespace, obj.spec)
     if not rt.recheck_after_pass(key, status, time.monotonic()):
         return
     try:
