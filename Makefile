@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint components down bench bench-quick
+.PHONY: demo test lint components mail-servers down bench bench-quick
 
 $(BIN)/kcmail: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,18 @@ $(BIN)/kcmail: pyproject.toml
 components: $(BIN)/kcmail
 	$(BIN)/kcmail dev build --keycloak-version 26.7.3 --keycloak-version 26.4.7
 
+# Postfix and Dovecot, the environment's real MTA, are Debian's packages; installing them needs root.
+mail-servers:
+	@command -v postfix >/dev/null && command -v dovecot >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix dovecot-core; }
+
 lint: $(BIN)/kcmail
 	$(BIN)/ruff check operator tests bench
 
-test: lint components
+test: lint components mail-servers
 	$(BIN)/pytest
 
-demo: components
+demo: components mail-servers
 	$(BIN)/kcmail demo
 
 down: $(BIN)/kcmail

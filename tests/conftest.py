@@ -51,3 +51,9 @@ def kubectl(devenv: Environment) -> Kubectl:
 @pytest.fixture(scope="session")
 def keycloak_admin(devenv: Environment) -> KeycloakAdminAPI:
     return KeycloakAdminAPI(devenv)
+
+
+@pytest.fixture(params=environment.MAIL_SERVERS)
+def mail_server(request: pytest.FixtureRequest, devenv: Environment) -> environment.MailServer:
+    """Each of the environment's SMTP servers in turn: the project's own and Postfix with Dovecot."""
+    return devenv.mail_server(request.param)

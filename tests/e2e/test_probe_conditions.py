@@ -108,8 +108,10 @@ def test_a_closed_smtp_port_is_smtp_unreachable(operator, tenant):
     assert f"localhost:{port}" in conditions["SMTPAuthenticated"]["message"]
 
 
-def test_a_mailbox_the_client_may_not_send_as_is_authentication_rejected_with_the_reply(operator, tenant):
-    tenant.apply(tenant.secret(), tenant.mailconfig(mailbox="ceo@acme.example"))
+def test_a_mailbox_the_client_may_not_send_as_is_authentication_rejected_with_the_reply(operator, tenant,
+                                                                                        mail_server):
+    smtp = {"host": "localhost", "port": mail_server.starttls_port, "security": "StartTLS"}
+    tenant.apply(tenant.secret(), tenant.mailconfig(mailbox="ceo@acme.example", smtp=smtp))
     conditions = _probe_failed(tenant, "AuthenticationRejected", "SMTPAuthenticated")
     assert conditions["TokenAcquired"]["status"] == "True"
     message = conditions["SMTPAuthenticated"]["message"]
@@ -117,12 +119,22 @@ def test_a_mailbox_the_client_may_not_send_as_is_authentication_rejected_with_th
     assert "ceo@acme.example" in message
 
 
-def test_a_send_probe_delivers_a_labelled_message(operator, tenant):
+def test_an_mta_that_cuts_the_auth_line_is_rejected_with_the_line_length_hint(operator, tenant):
+    # Postfix with its default line_length_limit (2048): the probe fails as Keycloak's own login would.
+    smtp = {"host": "localhost", "port": tenant.env.postfix_short_line_port, "security": "StartTLS"}
+    tenant.apply(tenant.secret(), tenant.mailconfig(smtp=smtp))
+    message = _probe_failed(tenant, "AuthenticationRejected", "SMTPAuthenticated")["SMTPAuthenticated"]["message"]
+    assert "Invalid base64 data in initial response" in message
+    assert "Postfix: line_length_limit" in message
+
+
+def test_a_send_probe_delivers_a_labelled_message(operator, tenant, mail_server):
     recipient = f"mail-probe-{tenant.namespace}@acme.example"
-    tenant.apply(tenant.secret(), tenant.mailconfig(probe={"smtp": "Send", "recipient": recipient}))
+    smtp = {"host": "localhost", "port": mail_server.starttls_port, "security": "StartTLS"}
+    tenant.apply(tenant.secret(), tenant.mailconfig(probe={"smtp": "Send", "recipient": recipient}, smtp=smtp))
     status = tenant.wait_condition("True", "Delivering")["status"]
     mailconfig = f"{tenant.namespace}/mail"
-    received = wait_for_message(tenant.env.smtp_spool, lambda m: recipient in m.rcpt_tos, timeout=30)
+    received = wait_for_message(mail_server.spool, lambda m: recipient in m.rcpt_tos, timeout=30)
     message = email.message_from_string(received.data)
     assert message["X-Kcmail-MailConfig"] == mailconfig
     assert message["X-Kcmail-Probe"]
@@ -130,7 +142,9 @@ def test_a_send_probe_delivers_a_labelled_message(operator, tenant):
     assert mailconfig in message["Subject"]
     assert message["X-Kcmail-Probe"] in message["Subject"]
     assert received.auth is not None
-    assert (received.auth.mechanism, received.auth.client_id) == ("XOAUTH2", tenant.env.issuer_client_id)
+    assert (received.auth.mechanism, received.auth.user) == ("XOAUTH2", "no-reply@acme.example")
+    if mail_server.records_client:
+        assert received.auth.client_id == tenant.env.issuer_client_id
     for field in ("lastProbeTime", "lastSuccessfulProbeTime", "tokenExpiresAt"):
         assert status.get(field), field
     assert status["lastSuccessfulProbeTime"] == status["lastProbeTime"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kcmail.devenv import postfix_server
 from kcmail.devenv.environment import Environment
 from kcmail.devenv.processes import ProcessRegistry, port_open
 
@@ -39,16 +40,18 @@ def test_up_then_down_leaves_no_process_and_no_port(tmp_path, devenv):
     assert f"source {state / 'dev.env'}" in up.stdout
     env = Environment.load(state / "dev.env")
     started = ProcessRegistry(state).load()
-    assert {p.name for p in started} == {"keycloak", "etcd", "kube-apiserver", "smtp"}
+    assert {p.name for p in started} == {"keycloak", "etcd", "kube-apiserver", "smtp", "dovecot", "postfix"}
     status = _kcmail("dev", "--dir", str(state), "status")
     assert status.returncode == 0
-    assert status.stdout.count("running") == 4
+    assert status.stdout.count("running") == 6
     ports = [env.smtp_starttls_port, env.smtp_tls_port, int(env.keycloak_url.rsplit(":", 1)[1]),
-             int(env.kube_api_url.rsplit(":", 1)[1])]
+             int(env.kube_api_url.rsplit(":", 1)[1]), env.postfix_starttls_port, env.postfix_tls_port,
+             env.postfix_short_line_port]
     assert all(port_open(port) for port in ports)
 
     down = _kcmail("dev", "--dir", str(state), "down")
     assert down.returncode == 0, down.stderr
     assert not [p.name for p in started if _group_alive(p.pid)]
     assert not [port for port in ports if port_open(port)]
+    assert not postfix_server.run_dir(state / "postfix").exists()
     assert _kcmail("dev", "--dir", str(state), "status").returncode == 1

@@ -15,6 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kcmail.devenv import postfix_server
 from kcmail.devenv.clients import issuer_token
 from kcmail.devenv.environment import SENDER_MAILBOXES
 from kcmail.devenv.mail_spool import read_spool, wait_for_message
@@ -150,18 +151,26 @@ async def test_smtp_accepts_a_token_of_several_kilobytes(devenv):
     assert "malformed" in text
 
 
-def test_keycloak_itself_sends_a_mail_over_xoauth2(keycloak_admin, devenv):
+def _keycloak_smtp_settings(env, port: int) -> dict[str, str]:
+    return {
+        "host": "localhost", "port": str(port), "starttls": "true", "ssl": "false",
+        "auth": "true", "from": MAILBOX, "user": MAILBOX, "authType": "token",
+        "authTokenUrl": env.issuer_token_url, "authTokenScope": env.issuer_scope,
+        "authTokenClientId": env.issuer_client_id, "authTokenClientSecret": env.issuer_client_secret,
+    }
+
+
+def _store(keycloak_admin, realm: str, settings: dict[str, str]) -> dict[str, str]:
+    representation = keycloak_admin.realm(realm)
+    representation["smtpServer"] = settings
+    assert keycloak_admin.put_realm(realm, representation).status_code == 204
+    return dict(keycloak_admin.realm(realm)["smtpServer"])
+
+
+def test_keycloak_itself_sends_a_mail_over_xoauth2(keycloak_admin, devenv, mail_server):
     """Ground truth: Keycloak fetches a token from the issuer and authenticates to SMTP with it."""
     realm = devenv.realms[0]
-    representation = keycloak_admin.realm(realm)
-    representation["smtpServer"] = {
-        "host": "localhost", "port": str(devenv.smtp_starttls_port), "starttls": "true", "ssl": "false",
-        "auth": "true", "from": MAILBOX, "user": MAILBOX, "authType": "token",
-        "authTokenUrl": devenv.issuer_token_url, "authTokenScope": devenv.issuer_scope,
-        "authTokenClientId": devenv.issuer_client_id, "authTokenClientSecret": devenv.issuer_client_secret,
-    }
-    assert keycloak_admin.put_realm(realm, representation).status_code == 204
-    stored = keycloak_admin.realm(realm)["smtpServer"]
+    stored = _store(keycloak_admin, realm, _keycloak_smtp_settings(devenv, mail_server.starttls_port))
     assert stored["authTokenClientSecret"] == "**********"
     assert stored["authType"] == "token"
 
@@ -170,10 +179,22 @@ def test_keycloak_itself_sends_a_mail_over_xoauth2(keycloak_admin, devenv):
     response = keycloak_admin.request("POST", f"/{realm}/testSMTPConnection", json=stored)
     assert response.status_code == 204, response.text
 
-    message = wait_for_message(devenv.smtp_spool, lambda m: m.received_at >= since
+    message = wait_for_message(mail_server.spool, lambda m: m.received_at >= since
                                and devenv.keycloak_admin_email in m.rcpt_tos, timeout=30)
     assert message.auth is not None
-    assert message.auth.mechanism == "XOAUTH2"
-    assert message.auth.user == MAILBOX
-    assert message.auth.client_id == devenv.issuer_client_id
+    assert (message.auth.mechanism, message.auth.user) == ("XOAUTH2", MAILBOX)
+    # Postfix knows only the mailbox Dovecot logged in; Dovecot took it from the token's mailbox claim.
+    assert message.auth.client_id == (devenv.issuer_client_id if mail_server.records_client else None)
     assert message.tls
+
+
+def test_keycloak_cannot_log_in_where_postfix_keeps_its_default_line_length(keycloak_admin, devenv):
+    """Postfix's default line_length_limit cuts Keycloak's AUTH line: Keycloak's own test mail fails."""
+    realm = devenv.realms[0]
+    stored = _store(keycloak_admin, realm, _keycloak_smtp_settings(devenv, devenv.postfix_short_line_port))
+    log = devenv.state_dir / "logs" / "postfix.log"
+    seen = log.stat().st_size
+    response = keycloak_admin.request("POST", f"/{realm}/testSMTPConnection", json=stored)
+    assert response.status_code == 500, response.text
+    assert postfix_server.log_shows(log, "SASL XOAUTH2 authentication failed: Invalid base64 data in initial response",
+                                    after=seen)

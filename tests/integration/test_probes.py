@@ -1,7 +1,9 @@
-"""The token and SMTP probes against the real issuer and SMTP server, each reason from a real cause.
+"""The token and SMTP probes against the real issuer and SMTP servers, each reason from a real cause.
 
-The variants without STARTTLS or without XOAUTH2 are the project's real SMTP server started here with
-other listener settings; nothing is faked.
+Every outcome an SMTP server decides runs against both of the environment's servers (``mail_server``):
+the project's own and Postfix with Dovecot's oauth2 passdb, which asks the issuer whether a token is
+active. The variants without STARTTLS or without XOAUTH2 are the project's real SMTP server started here
+with other listener settings; nothing is faked.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import ssl
+import uuid
 
 import httpx
 import pytest
 
 from kcmail.conditions import Reason
+from kcmail.devenv import postfix_server
 from kcmail.devenv.certs import client_context
-from kcmail.devenv.environment import REFUSED_DOMAIN, SENDER_MAILBOXES
+from kcmail.devenv.environment import REFUSED_DOMAIN, SENDER_MAILBOXES, MailServer
+from kcmail.devenv.mail_spool import wait_for_message
 from kcmail.devenv.processes import free_port
 from kcmail.devenv.smtp_server import ListenerConfig, SmtpServerConfig, serving
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
@@ -48,6 +53,14 @@ async def _token_failure(env, context: ssl.SSLContext | None = None, **changes):
 
 def _target(env, port: int | None = None, security: Security = Security.STARTTLS) -> SmtpTarget:
     return SmtpTarget(host="localhost", port=port or env.smtp_starttls_port, security=security,
+                      connect_timeout=5, timeout=10)
+
+
+def _at(server: MailServer, tls: bool = False) -> SmtpTarget:
+    if tls:
+        return SmtpTarget(host="localhost", port=server.tls_port, security=Security.SSL, connect_timeout=5,
+                          timeout=10)
+    return SmtpTarget(host="localhost", port=server.starttls_port, security=Security.STARTTLS,
                       connect_timeout=5, timeout=10)
 
 
@@ -84,30 +97,73 @@ async def test_an_issuer_certificate_from_an_unknown_ca_is_unreachable_with_the_
     assert "certificate" in failure.message
 
 
-async def test_xoauth2_after_starttls_authenticates_and_sends(devenv):
+async def test_xoauth2_after_starttls_authenticates_and_sends(devenv, mail_server):
     token = await _token(devenv)
-    result = await probe_smtp(_target(devenv), SmtpCredentials(AuthType.XOAUTH2, MAILBOX, token),
+    recipient = f"probe-{uuid.uuid4().hex[:8]}@acme.example"
+    result = await probe_smtp(_at(mail_server), SmtpCredentials(AuthType.XOAUTH2, MAILBOX, token),
                               client_context(devenv.ca_file),
-                              send=SendSpec(sender=MAILBOX, recipient="probe@acme.example", mailconfig="ns/mc"))
+                              send=SendSpec(sender=MAILBOX, recipient=recipient, mailconfig="ns/mc"))
     assert result.ok, result.failure
     assert [s.name for s in result.steps] == ["connect", "ehlo", "starttls", "auth", "send"]
     assert token not in " ".join(s.detail for s in result.steps)
+    received = wait_for_message(mail_server.spool, lambda m: recipient in m.rcpt_tos, timeout=15)
+    assert received.auth is not None
+    assert (received.auth.mechanism, received.auth.user, received.tls) == ("XOAUTH2", MAILBOX, True)
+    assert received.mail_from == MAILBOX
 
 
-async def test_implicit_tls_authenticates(devenv):
-    result = await probe_smtp(_target(devenv, devenv.smtp_tls_port, Security.SSL),
+async def test_postfix_logs_the_sasl_identity_its_transport_recorded(devenv):
+    postfix = devenv.mail_server("postfix")
+    recipient = f"probe-{uuid.uuid4().hex[:8]}@acme.example"
+    result = await probe_smtp(_at(postfix), SmtpCredentials(AuthType.XOAUTH2, MAILBOX, await _token(devenv)),
+                              client_context(devenv.ca_file),
+                              send=SendSpec(sender=MAILBOX, recipient=recipient, mailconfig="ns/mc"))
+    assert result.ok, result.failure
+    received = wait_for_message(postfix.spool, lambda m: recipient in m.rcpt_tos, timeout=15)
+    line = f"{received.id}: client=localhost[127.0.0.1], sasl_method=XOAUTH2, sasl_username={MAILBOX}"
+    assert postfix_server.log_shows(devenv.state_dir / "logs" / "postfix.log", line)
+
+
+async def test_implicit_tls_authenticates(devenv, mail_server):
+    result = await probe_smtp(_at(mail_server, tls=True),
                               SmtpCredentials(AuthType.XOAUTH2, MAILBOX, await _token(devenv)),
                               client_context(devenv.ca_file))
     assert result.ok, result.failure
 
 
-async def test_a_token_for_another_mailbox_is_rejected_with_the_reply(devenv):
-    result = await probe_smtp(_target(devenv), SmtpCredentials(AuthType.XOAUTH2, "ceo@acme.example",
-                                                                await _token(devenv)),
+async def test_a_token_for_another_mailbox_is_rejected_with_the_reply(devenv, mail_server):
+    result = await probe_smtp(_at(mail_server), SmtpCredentials(AuthType.XOAUTH2, "ceo@acme.example",
+                                                                 await _token(devenv)),
                               client_context(devenv.ca_file))
     assert result.failure is not None
     assert result.failure.reason is Reason.AUTHENTICATION_REJECTED
     assert "535" in result.failure.message
+    assert "ceo@acme.example" in result.failure.message
+
+
+async def test_postfix_decodes_dovecots_xoauth2_challenge_into_the_message(devenv):
+    # Dovecot answers a refused token with the RFC 7628 error challenge; Postfix relays it as a 334.
+    postfix = devenv.mail_server("postfix")
+    result = await probe_smtp(_at(postfix), SmtpCredentials(AuthType.XOAUTH2, "ceo@acme.example",
+                                                             await _token(devenv)),
+                              client_context(devenv.ca_file))
+    assert result.failure is not None
+    assert "the server's XOAUTH2 error: status 401" in result.failure.message
+
+
+async def test_postfix_default_line_length_cuts_the_auth_line_and_the_message_says_so(devenv):
+    """Postfix's default line_length_limit (2048) cuts an AUTH line carrying a Microsoft-sized token."""
+    token = await _token(devenv)
+    target = SmtpTarget(host="localhost", port=devenv.postfix_short_line_port, security=Security.STARTTLS,
+                        connect_timeout=5, timeout=10)
+    result = await probe_smtp(target, SmtpCredentials(AuthType.XOAUTH2, MAILBOX, token),
+                              client_context(devenv.ca_file))
+    assert result.failure is not None
+    assert result.failure.reason is Reason.AUTHENTICATION_REJECTED
+    message = result.failure.message
+    assert "Invalid base64 data in initial response" in message
+    assert "line_length_limit" in message
+    assert token not in message
 
 
 async def test_basic_auth_with_the_right_and_a_wrong_password(devenv):
@@ -121,13 +177,24 @@ async def test_basic_auth_with_the_right_and_a_wrong_password(devenv):
     assert bad.failure.reason is Reason.AUTHENTICATION_REJECTED
 
 
-async def test_a_refused_recipient(devenv):
-    result = await probe_smtp(_target(devenv), SmtpCredentials(AuthType.XOAUTH2, MAILBOX, await _token(devenv)),
+async def test_a_refused_recipient(devenv, mail_server):
+    result = await probe_smtp(_at(mail_server), SmtpCredentials(AuthType.XOAUTH2, MAILBOX, await _token(devenv)),
                               client_context(devenv.ca_file),
                               send=SendSpec(sender=MAILBOX, recipient=f"x@{REFUSED_DOMAIN}", mailconfig="ns/mc"))
     assert result.failure is not None
     assert result.failure.reason is Reason.RECIPIENT_REJECTED
     assert "550" in result.failure.message
+
+
+async def test_postfix_refuses_to_relay_for_a_client_that_did_not_authenticate(devenv):
+    # What Keycloak meets when it sends without AUTH (authType token, no AUTH offered) through a relay
+    # that does not know its address: the refusal comes at RCPT, not at AUTH.
+    result = await probe_smtp(_at(devenv.mail_server("postfix")), SmtpCredentials(AuthType.NONE),
+                              client_context(devenv.ca_file),
+                              send=SendSpec(sender=MAILBOX, recipient="x@acme.example", mailconfig="ns/mc"))
+    assert result.failure is not None
+    assert result.failure.reason is Reason.RECIPIENT_REJECTED
+    assert "Relay access denied" in result.failure.message
 
 
 async def test_a_closed_port_is_unreachable(devenv):
@@ -137,15 +204,15 @@ async def test_a_closed_port_is_unreachable(devenv):
     assert result.failure.reason is Reason.SMTP_UNREACHABLE
 
 
-async def test_a_certificate_from_an_unknown_ca_is_untrusted(devenv):
-    result = await probe_smtp(_target(devenv), SmtpCredentials(AuthType.NONE), ssl.create_default_context())
+async def test_a_certificate_from_an_unknown_ca_is_untrusted(mail_server):
+    result = await probe_smtp(_at(mail_server), SmtpCredentials(AuthType.NONE), ssl.create_default_context())
     assert result.failure is not None
     assert result.failure.reason is Reason.CERTIFICATE_UNTRUSTED
 
 
-async def test_implicit_tls_against_a_starttls_port_fails_the_handshake(devenv):
-    result = await probe_smtp(_target(devenv, devenv.smtp_starttls_port, Security.SSL),
-                              SmtpCredentials(AuthType.NONE), client_context(devenv.ca_file))
+async def test_implicit_tls_against_a_starttls_port_fails_the_handshake(devenv, mail_server):
+    target = dataclasses.replace(_at(mail_server), security=Security.SSL)
+    result = await probe_smtp(target, SmtpCredentials(AuthType.NONE), client_context(devenv.ca_file))
     assert result.failure is not None
     assert result.failure.reason is Reason.TLS_HANDSHAKE_FAILED
     assert "WRONG_VERSION_NUMBER" in result.failure.message

@@ -64,6 +64,9 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"  Token issuer:     {env.issuer_token_url}\n"
               f"  SMTP:             {env.smtp_host}:{env.smtp_starttls_port} (STARTTLS), "
               f"{env.smtp_host}:{env.smtp_tls_port} (TLS); received mail in {env.smtp_spool}\n"
+              f"  Postfix+Dovecot:  {env.smtp_host}:{env.postfix_starttls_port} (STARTTLS), "
+              f"{env.smtp_host}:{env.postfix_tls_port} (TLS), {env.smtp_host}:{env.postfix_short_line_port} "
+              f"(STARTTLS, 2048-byte lines); received mail in {env.postfix_spool}\n"
               f"Use it in this shell:  source {env.state_dir / environment.ENV_FILE}\n"
               f"Stop it:               kcmail dev down")
         return 0

@@ -15,9 +15,9 @@ import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from kcmail.devenv import components, versions
+from kcmail.devenv import components, postfix_server, versions
 from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
-from kcmail.devenv.keycloak_server import Seeded, seed, start_keycloak
+from kcmail.devenv.keycloak_server import MAILBOX_CLAIM, Seeded, seed, start_keycloak
 from kcmail.devenv.kube import start_control_plane
 from kcmail.devenv.processes import ProcessRegistry, free_port, port_open, wait_until
 from kcmail.devenv.smtp_server import ListenerConfig, SmtpServerConfig
@@ -46,6 +46,26 @@ def default_state_dir() -> Path:
         return Path(explicit)
     xdg = os.environ.get("XDG_STATE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "kcmail" / "dev"
+
+
+@dataclass(frozen=True)
+class MailServer:
+    """One of the environment's SMTP servers, as a client and a test see it.
+
+    ``aiosmtpd`` is the project's own server, which reads each token itself and records the OAuth2 client
+    it came from; ``postfix`` is Postfix with Dovecot's oauth2 passdb, which knows only the mailbox that
+    Dovecot logged in (``records_client`` False).
+    """
+
+    name: str
+    host: str
+    starttls_port: int
+    tls_port: int
+    spool: Path
+    records_client: bool
+
+
+MAIL_SERVERS = ("aiosmtpd", "postfix")
 
 
 @dataclass(frozen=True)
@@ -86,10 +106,26 @@ class Environment:
     helm: Path = Path()
     # Keycloak's management interface (/health, /metrics); empty in an env file written before it existed.
     keycloak_management_url: str = ""
+    # Postfix with Dovecot's oauth2 passdb (``postfix_server``); 0 and empty in an older env file. The
+    # short-line port keeps Postfix's default line_length_limit, which cuts Keycloak's AUTH line.
+    postfix_starttls_port: int = 0
+    postfix_tls_port: int = 0
+    postfix_short_line_port: int = 0
+    postfix_spool: Path = Path()
 
     @property
     def realms(self) -> tuple[str, ...]:
         return tuple(self.target_realms.split(","))
+
+    def mail_server(self, name: str) -> MailServer:
+        """``aiosmtpd`` or ``postfix`` (see ``MAIL_SERVERS``)."""
+        if name == "aiosmtpd":
+            return MailServer(name, self.smtp_host, self.smtp_starttls_port, self.smtp_tls_port, self.smtp_spool,
+                              records_client=True)
+        if name == "postfix" and self.postfix_starttls_port:
+            return MailServer(name, self.smtp_host, self.postfix_starttls_port, self.postfix_tls_port,
+                              self.postfix_spool, records_client=False)
+        raise LookupError(f"no SMTP server {name!r} in this environment (state {self.state_dir})")
 
     @property
     def keycloak_log(self) -> Path:
@@ -171,7 +207,9 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
     plane.wait_ready(admin_cert)
     progress("waiting for Keycloak to be ready (first start: about a minute)")
     keycloak.wait_ready(timeout=300)
-    seeded = seed(keycloak, ca.cert_path, target_realms=TARGET_REALMS)
+    # Dovecot logs each app in as the mailbox its tokens name: the first one it may send as.
+    seeded = seed(keycloak, ca.cert_path, target_realms=TARGET_REALMS,
+                  mailboxes={client: mailboxes[0] for client, mailboxes in SENDER_MAILBOXES.items()})
     progress("starting the XOAUTH2 SMTP server")
     smtp = _smtp_config(state_dir, ca, seeded)
     config_path = state_dir / "smtp" / "config.json"
@@ -183,6 +221,9 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
         wait_until(lambda port=listener.port: port_open(port), server=server, what=f"port {listener.port}",
                    timeout=30)
     starttls_port, tls_port = (listener.port for listener in smtp.listeners)
+    progress("starting Postfix with Dovecot")
+    postfix = _postfix_config(state_dir, ca, seeded)
+    postfix_server.start(registry, postfix)
     (basic_user, basic_password), = smtp.basic_users.items()
     env = Environment(
         state_dir=state_dir, ca_file=ca.cert_path, kubeconfig=plane.admin_kubeconfig,
@@ -198,6 +239,8 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
         smtp_spool=smtp.spool_dir, smtp_basic_user=basic_user, smtp_basic_password=basic_password,
         issuer_rotation_client_id=seeded.rotation_client_id, helm=parts.helm,
         keycloak_management_url=keycloak.management_url,
+        postfix_starttls_port=postfix.starttls_port, postfix_tls_port=postfix.tls_port,
+        postfix_short_line_port=postfix.short_line_port, postfix_spool=postfix.spool_dir,
     )
     env.write()
     return env
@@ -218,10 +261,22 @@ def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded) -> S
     )
 
 
+def _postfix_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded) -> postfix_server.PostfixConfig:
+    serving = ca.issue("postfix", "postfix.kcmail.test", names=LOOPBACK_NAMES)
+    return postfix_server.PostfixConfig(
+        root=state_dir / "postfix", cert_file=serving.cert, key_file=serving.key, ca_file=ca.cert_path,
+        introspection_url=seeded.introspection_url, client_id=seeded.introspection_client_id,
+        client_secret=seeded.introspection_client_secret, username_claim=MAILBOX_CLAIM,
+        starttls_port=free_port(), tls_port=free_port(), short_line_port=free_port(), sasl_port=free_port(),
+        refused_domains=(REFUSED_DOMAIN,))
+
+
 def down(state_dir: Path | None = None) -> list[str]:
     """Stop every process ``up`` started in ``state_dir``; returns their names."""
     state_dir = (state_dir or default_state_dir()).resolve()
-    return ProcessRegistry(state_dir).stop_all()
+    stopped = ProcessRegistry(state_dir).stop_all()
+    postfix_server.remove_runtime(state_dir / "postfix")
+    return stopped
 
 
 def status(state_dir: Path | None = None) -> dict[str, bool]:
@@ -232,7 +287,7 @@ def status(state_dir: Path | None = None) -> dict[str, bool]:
 
 def _clear_previous_run(state_dir: Path) -> None:
     # Every run gets a fresh CA, etcd and spool: leftovers would mix two runs' certificates and mail.
-    for name in ("pki", "kube", "smtp", "keycloak", "logs", ENV_FILE):
+    for name in ("pki", "kube", "smtp", "postfix", "keycloak", "logs", ENV_FILE):
         target = state_dir / name
         if target.is_dir():
             shutil.rmtree(target)

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -290,11 +291,18 @@ class Seeded:
     admin_email: str
     # A registration whose secret the rotation tests regenerate; no other test may rely on its secret.
     rotation_client_id: str = ""
+    # The client Dovecot introspects tokens with; the scope's audience mapper puts it into every token.
+    introspection_client_id: str = ""
+    introspection_client_secret: str = field(default="", repr=False)
+    introspection_url: str = ""
 
 
 # Microsoft 365 access tokens run to 2-3 KB, Keycloak's own to about 1.2 KB. A padding claim makes the
 # issuer's tokens real-size, so every test, Keycloak's own sends included, crosses the SMTP line limits
 # that a small token would slip under.
+# The token claim that names the mailbox an app may send as (Dovecot's username_attribute).
+MAILBOX_CLAIM = "mailbox"
+
 _ENTRA_SIZED_TOKENS = {
     "name": "entra-sized-token", "protocol": "openid-connect", "protocolMapper": "oidc-hardcoded-claim-mapper",
     "config": {"claim.name": "xms_padding", "claim.value": "p" * 1600, "jsonType.label": "String",
@@ -303,20 +311,34 @@ _ENTRA_SIZED_TOKENS = {
 }
 
 
-def _ensure_client(admin: KeycloakAdmin, realm: str, client_id: str, scope_id: str) -> str:
-    """A confidential client-credentials client with ``scope_id`` optional; returns its new secret.
+def _mailbox_claim(mailbox: str) -> dict[str, Any]:
+    # Dovecot's oauth2 passdb takes the login name from one claim (username_attribute) and refuses a token
+    # whose claim differs from the AUTH line's user: the claim says which mailbox the app may send as.
+    return {"name": "mailbox", "protocol": "openid-connect", "protocolMapper": "oidc-hardcoded-claim-mapper",
+            "config": {"claim.name": MAILBOX_CLAIM, "claim.value": mailbox, "jsonType.label": "String",
+                       "access.token.claim": "true", "id.token.claim": "false",
+                       "userinfo.token.claim": "false", "introspection.token.claim": "true"}}
+
+
+def _ensure_client(admin: KeycloakAdmin, realm: str, client_id: str, scope_id: str | None, *,
+                   mailbox: str | None = None, service_account: bool = True) -> str:
+    """A confidential client with ``scope_id`` optional; returns its new secret.
 
     The secret is set on every run, also for an existing client, so the returned one always works.
+    Without a service account the client can only authenticate itself, as an introspecting server does.
     """
     path = f"/{realm}/clients"
     # Looking before creating keeps a re-seed from logging constraint violations in Keycloak's log.
     if not admin.request("GET", path, params={"clientId": client_id}).json():
+        mappers = [_ENTRA_SIZED_TOKENS] if service_account else []
+        if mailbox is not None:
+            mappers.append(_mailbox_claim(mailbox))
         admin.create(path, {
             "clientId": client_id, "enabled": True, "protocol": "openid-connect",
             "publicClient": False, "clientAuthenticatorType": "client-secret",
-            "serviceAccountsEnabled": True, "standardFlowEnabled": False,
+            "serviceAccountsEnabled": service_account, "standardFlowEnabled": False,
             "implicitFlowEnabled": False, "directAccessGrantsEnabled": False,
-            "protocolMappers": [_ENTRA_SIZED_TOKENS],
+            "protocolMappers": mappers,
         })
     found = admin.request("GET", path, params={"clientId": client_id}).json()
     if len(found) != 1:
@@ -325,9 +347,26 @@ def _ensure_client(admin: KeycloakAdmin, realm: str, client_id: str, scope_id: s
     secret = secrets.token_urlsafe(32)
     representation["secret"] = secret
     admin.request("PUT", f"{path}/{representation['id']}", json=representation)
-    # Optional, not default: only a token request that asks for the scope gets it, as with Entra.
-    admin.request("PUT", f"{path}/{representation['id']}/optional-client-scopes/{scope_id}")
+    if scope_id is not None:
+        # Optional, not default: only a token request that asks for the scope gets it, as with Entra.
+        admin.request("PUT", f"{path}/{representation['id']}/optional-client-scopes/{scope_id}")
     return secret
+
+
+def _ensure_audience(admin: KeycloakAdmin, realm: str, scope_id: str, audience: str) -> None:
+    """Put client ``audience`` into the ``aud`` of every token that carries the scope.
+
+    Keycloak 26.7 answers an introspection with ``active: false`` unless the introspecting client is in the
+    token's audience, so Dovecot could not accept any token without this mapper.
+    """
+    path = f"/{realm}/client-scopes/{scope_id}/protocol-mappers/models"
+    if any(mapper["name"] == "mail-server-audience" for mapper in admin.request("GET", path).json()):
+        return
+    admin.create(path, {
+        "name": "mail-server-audience", "protocol": "openid-connect", "protocolMapper": "oidc-audience-mapper",
+        "config": {"included.client.audience": audience, "access.token.claim": "true",
+                   "id.token.claim": "false", "introspection.token.claim": "true"},
+    })
 
 
 def _ensure_scope(admin: KeycloakAdmin, realm: str, name: str) -> str:
@@ -360,18 +399,25 @@ def _set_admin_email(admin: KeycloakAdmin, email: str) -> None:
 def seed(server: KeycloakServer, ca_file: Path, *, issuer_realm: str = "issuer", client_id: str = "smtp-app",
          scope: str = "smtp.send", target_realms: tuple[str, ...] = ("acme", "globex"),
          admin_email: str = "admin@kcmail.test", other_client_id: str = "other-app",
-         rotation_client_id: str = "rotation-app") -> Seeded:
+         rotation_client_id: str = "rotation-app", introspection_client_id: str = "mail-server",
+         mailboxes: Mapping[str, str] | None = None) -> Seeded:
     """Create the issuer realm, its clients and scope, the target realms, and the admin's email.
 
-    Objects that already exist are kept; client secrets are new on every call.
+    ``mailboxes`` gives a client the mailbox its tokens name in the ``mailbox`` claim. Objects that already
+    exist are kept; client secrets are new on every call.
     """
+    mailboxes = mailboxes or {}
     with KeycloakAdmin(server, ca_file) as admin:
         _set_admin_email(admin, admin_email)
         admin.ensure_realm(issuer_realm)
         scope_id = _ensure_scope(admin, issuer_realm, scope)
-        client_secret = _ensure_client(admin, issuer_realm, client_id, scope_id)
-        other_secret = _ensure_client(admin, issuer_realm, other_client_id, scope_id)
-        _ensure_client(admin, issuer_realm, rotation_client_id, scope_id)
+        client_secret = _ensure_client(admin, issuer_realm, client_id, scope_id, mailbox=mailboxes.get(client_id))
+        other_secret = _ensure_client(admin, issuer_realm, other_client_id, scope_id,
+                                      mailbox=mailboxes.get(other_client_id))
+        _ensure_client(admin, issuer_realm, rotation_client_id, scope_id, mailbox=mailboxes.get(rotation_client_id))
+        introspection_secret = _ensure_client(admin, issuer_realm, introspection_client_id, None,
+                                              service_account=False)
+        _ensure_audience(admin, issuer_realm, scope_id, introspection_client_id)
         for realm in target_realms:
             admin.ensure_realm(realm)
         metadata = admin.discovery(issuer_realm)
@@ -379,7 +425,9 @@ def seed(server: KeycloakServer, ca_file: Path, *, issuer_realm: str = "issuer",
                   jwks_url=metadata["jwks_uri"], client_id=client_id, client_secret=client_secret,
                   scope=scope, other_client_id=other_client_id, other_client_secret=other_secret,
                   target_realms=tuple(target_realms), admin_email=admin_email,
-                  rotation_client_id=rotation_client_id)
+                  rotation_client_id=rotation_client_id, introspection_client_id=introspection_client_id,
+                  introspection_client_secret=introspection_secret,
+                  introspection_url=metadata["introspection_endpoint"])
 
 
 def client_credentials_token(seeded: Seeded, ca_file: Path, *, client_id: str | None = None,

@@ -1,13 +1,17 @@
-"""Messages the test SMTP server accepted: one JSON file each in a spool directory, and how to read them.
+"""Messages the environment's SMTP servers accepted, one file each in a spool directory, and how to read them.
 
-The server writes each file under a temporary name and renames it into place, so a reader polling the
-directory from another process never sees half a message.
+The project's server writes a JSON file per message (``write_message``); Postfix's recording transport
+writes the envelope and the message as it received them (``postfix_server``). Both write under a temporary
+name and rename into place, so a reader polling the directory from another process never sees half a
+message; ``read_spool`` reads either kind as ``RecordedMessage``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import email.parser
+import email.policy
 import json
 import time
 from collections.abc import Callable
@@ -67,7 +71,30 @@ def read_spool(spool_dir: Path) -> list[RecordedMessage]:
     if not spool_dir.is_dir():
         return []
     messages = [RecordedMessage.from_json(path.read_text()) for path in spool_dir.glob("*.json")]
+    messages += [from_postfix(path.name, path.read_bytes()) for path in spool_dir.glob("*.msg")]
     return sorted(messages, key=lambda m: (m.received_at, m.id))
+
+
+def from_postfix(name: str, content: bytes) -> RecordedMessage:
+    """A message Postfix's recording transport wrote to ``<nanoseconds>-<queue id>.msg``.
+
+    The file starts with the number of envelope lines, then the queue id, the SASL method and user (empty
+    without AUTH), the sender and each recipient, one a line, then the message as Postfix delivered it.
+    """
+    count, _, rest = content.partition(b"\n")
+    lines = rest.split(b"\n", int(count))
+    envelope, message = lines[:-1], lines[-1]
+    queue_id, method, user, sender, *recipients = (line.decode("utf-8", errors="replace") for line in envelope)
+    received_at = datetime.datetime.fromtimestamp(int(name.split("-", 1)[0]) / 1e9, datetime.UTC)
+    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(message)
+    return RecordedMessage(
+        id=queue_id, received_at=received_at, listener="postfix", peer="",
+        # Postfix names the protocol in its Received header; ESMTPS and ESMTPSA mean TLS.
+        tls=" with ESMTPS" in str(headers.get("Received", "")),
+        mail_from=sender, rcpt_tos=tuple(recipients),
+        auth=AuthIdentity(mechanism=method, user=user) if method else None,
+        subject=None if headers["subject"] is None else str(headers["subject"]),
+        data=message.decode("utf-8", errors="replace"))
 
 
 def wait_for_message(spool_dir: Path, predicate: Callable[[RecordedMessage], bool], *,
