@@ -11,9 +11,11 @@ $(BIN)/kcmail: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# kube-apiserver, kubectl, etcd (built with Go) and Keycloak (fetched with Maven), cached per version.
+# kube-apiserver, kubectl, etcd, helm and the Argo CD health evaluators (built with Go; Argo CD 3.6 with the
+# Go 1.27.3 toolchain, which the go command fetches) and Keycloak (fetched with Maven), cached per version.
 components: $(BIN)/kcmail
-	$(BIN)/kcmail dev build --keycloak-version 26.7.3 --keycloak-version 26.4.7
+	$(BIN)/kcmail dev build --keycloak-version 26.7.3 --keycloak-version 26.4.7 \
+		--argocd-version 3.6.2 --argocd-version 3.2.12
 
 # Postfix and Dovecot, the environment's real MTA, are Debian's packages; installing them needs root.
 mail-servers:

@@ -1,7 +1,7 @@
 """What a GitOps tool sees: every example applies with client-side and server-side apply, and once the
 operator has made a MailConfig Ready, applying the same manifest again changes nothing. kcmail adds only
 its own bookkeeping (the kcmail.io/finalizer, kcmail.io/ annotations, status), so Argo CD finds no drift,
-and Argo CD's health check reads the live objects as Healthy."""
+and Argo CD's own code reads the health of the live objects in each state as the docs say."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kcmail.devenv import argocd, operator_env
+from kcmail.devenv import argocd, components, operator_env, versions
+from kcmail.devenv.processes import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -131,17 +132,48 @@ def test_reapplying_a_ready_mailconfig_changes_nothing(mode, operator, tenant, t
     assert spec_owners <= appliers
 
 
+def _on_each_release(*objects: dict[str, Any]) -> dict[str, list[argocd.Health | None]]:
+    """What each Argo CD release the tests build records for ``objects``."""
+    return {version: argocd.evaluate(components.build_argocd_health_eval(version), objects)
+            for version in versions.ARGOCD_CHOICES}
+
+
 def test_argocd_health_checks_read_live_objects_as_healthy(operator, tenant):
     tenant.apply(tenant.secret(), tenant.mailconfig())
     ready = tenant.wait_condition("True", "Delivering")
-    health = argocd.evaluate(argocd.script_path("MailConfig").read_text(), ready)
-    assert health.status == "Healthy"
-    assert health.message.startswith("Delivering: ")
     connection = json.loads(operator_env.kubectl(tenant.env, "get", "clusterkeycloakconnection",
                                                  operator_env.CONNECTION, "-o", "json").stdout)
-    connection_health = argocd.evaluate(argocd.script_path("ClusterKeycloakConnection").read_text(), connection)
-    assert connection_health.status == "Healthy", connection_health
+    for version, (mail_health, connection_health) in _on_each_release(ready, connection).items():
+        assert mail_health is not None, version
+        assert mail_health.status == "Healthy", (version, mail_health)
+        assert mail_health.message.startswith("Delivering: "), (version, mail_health)
+        assert connection_health is not None, version
+        assert connection_health.status == "Healthy", (version, connection_health)
 
     tenant.apply(tenant.mailconfig(suspend=True))
     suspended = tenant.wait_condition("False", "Suspended")
-    assert argocd.evaluate(argocd.script_path("MailConfig").read_text(), suspended).status == "Suspended"
+    paused = argocd.Health("Suspended", "spec.suspend is true: kcmail neither writes to Keycloak nor probes")
+    assert _on_each_release(suspended) == {version: [paused] for version in versions.ARGOCD_CHOICES}
+
+
+def test_argocd_shows_a_blocked_deletion_as_each_release_does(operator, tenant):
+    # deletionPolicy Clear behind a connection of the test's own, whose Keycloak then goes away.
+    own = {"kind": "KeycloakConnection", "name": "kc"}
+    tenant.apply(*operator_env.keycloak_connection(tenant.env, tenant.namespace, "kc"), tenant.secret(),
+                 tenant.mailconfig(connectionRef=own, deletionPolicy="Clear"))
+    tenant.wait_condition("True")
+    closed = {"spec": {"url": f"https://127.0.0.1:{free_port()}"}}
+    assert tenant.kubectl("patch", "keycloakconnection", "kc", "--type=merge", "-p", json.dumps(closed)).returncode == 0
+    tenant.wait_condition("False", "KeycloakUnreachable")
+    assert tenant.kubectl("delete", "mailconfig", "mail", "--wait=false").returncode == 0
+    blocked = tenant.wait_condition("False", "DeletionBlocked", timeout=30)
+    reason = next(c for c in blocked["status"]["conditions"] if c["type"] == "Ready")
+
+    assert _on_each_release(blocked) == {
+        versions.ARGOCD: [argocd.Health("Degraded", f"DeletionBlocked: {reason['message']}")],
+        versions.ARGOCD_BEFORE_3_6: [argocd.Health("Progressing", "Pending deletion")],
+    }
+
+    # Let the deletion finish rather than leave a finalizer behind for the tenant's cleanup.
+    retain = {"spec": {"deletionPolicy": "Retain"}}
+    assert tenant.kubectl("patch", "mailconfig", "mail", "--type=merge", "-p", json.dumps(retain)).returncode == 0

@@ -70,3 +70,43 @@ def test_helm_stamp_sets_its_version_and_the_kubernetes_release_of_its_client_go
     for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
         assert f"-X {pkg}.k8sVersionMajor=1" in flags
         assert f"-X {pkg}.k8sVersionMinor=35" in flags
+
+
+ARGOCD_GOMOD = """module github.com/argoproj/argo-cd/v3
+
+go 1.27.0
+
+require (
+\tgithub.com/argoproj/argo-cd/gitops-engine/v3 v3.6.2 // Tagged as gitops-engine/vX.Y.Z at release time
+\tk8s.io/api v0.37.0
+)
+
+replace (
+\t// pinned for a reason upstream gives
+\tgithub.com/golang/protobuf => github.com/golang/protobuf v1.5.4
+\tk8s.io/api => k8s.io/api v0.37.0
+)
+
+replace github.com/argoproj/argo-cd/gitops-engine/v3 => ./gitops-engine
+replace example.test/single v1.0.0 => example.test/fork v1.0.1
+"""
+
+
+def test_a_wrapper_repeats_the_replaces_that_name_a_module_and_drops_local_ones():
+    assert components._module_replaces(ARGOCD_GOMOD) == [
+        "-replace=github.com/golang/protobuf=github.com/golang/protobuf@v1.5.4",
+        "-replace=k8s.io/api=k8s.io/api@v0.37.0",
+        "-replace=example.test/single@v1.0.0=example.test/fork@v1.0.1",
+    ]
+
+
+def test_a_go_line_newer_than_the_machines_go_is_recognised():
+    assert components._go_directive(ARGOCD_GOMOD) == (1, 27, 0)
+    assert components._go_directive(ARGOCD_GOMOD) > components._go_release("go1.26.8")
+    assert components._go_directive("module x\n\ngo 1.25.5\n") < components._go_release("go1.26.8")
+
+
+def test_the_gitops_engine_import_path_follows_the_argocd_release():
+    assert components._health_eval_tags(ARGOCD_GOMOD) == ""
+    old = "module github.com/argoproj/argo-cd/v3\nrequire (\n\tgithub.com/argoproj/gitops-engine v0.7.1-0.2026\n)\n"
+    assert components._health_eval_tags(old) == "gitops_engine_v0"

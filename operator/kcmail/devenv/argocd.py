@@ -1,16 +1,20 @@
-"""Run the Argo CD health checks in ``argocd/`` the way Argo CD runs them, in a real Lua 5.1.
+"""The Argo CD health checks in ``argocd/``, and their verdicts as Argo CD's own code gives them.
 
-Argo CD evaluates a health script with gopher-lua (Lua 5.1): the object is the global ``obj`` and the
-chunk returns a table whose ``status`` and ``message`` become the resource's health. Scripts given in
-``argocd-cm`` run without Lua's standard libraries except base, table, package and a reduced os
-(``util/lua/lua.go`` in argoproj/argo-cd), so this runner removes the others, including the string
-metatable: a script that calls ``string.format`` or ``s:sub`` fails here as it would in Argo CD.
+A health script is an ``argocd-cm`` resource customization. What Argo CD shows for an object is not the
+script's answer alone: gitops-engine's ``GetResourceHealth`` decides for an object being deleted (3.5 and
+earlier answer ``Progressing "Pending deletion"`` without running the script; 3.6 runs it but keeps that
+answer unless the script sets ``deletionMessage``). So the verdicts come from ``argocd/health-eval``, a
+small Go program built against each Argo CD release's own modules (``components.build_argocd_health_eval``)
+that calls what the application controller calls, and a case in ``health_test.yaml`` says what each
+release shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,10 @@ REPO = Path(__file__).resolve().parents[3]
 CUSTOMIZATIONS = REPO / "argocd" / "resource_customizations"
 GROUP = "kcmail.io"
 KINDS = ("MailConfig", "KeycloakConnection", "ClusterKeycloakConnection")
-# gitops-engine's health.HealthStatusCode values; anything else Argo CD shows as Unknown.
-VALID_STATUSES = frozenset({"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"})
-INVALID_STATUS_MESSAGE = "Lua returned an invalid health status"
 
-# Libraries Argo CD does not open for argocd-cm scripts, and os functions it leaves out.
-_CLOSED = ("string", "io", "math", "coroutine", "debug", "dofile", "loadfile")
-_SAFE_OS = ("clock", "date", "difftime", "time")
+
+class EvaluationFailed(RuntimeError):
+    """health-eval could not run or read its input; the message carries its error output."""
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,24 @@ class Health:
 
 @dataclass(frozen=True)
 class HealthCase:
+    """One case of a ``health_test.yaml``: Argo CD's own format, plus what older releases show.
+
+    ``healthStatus`` is what the newest Argo CD shows. ``healthStatusUpTo`` maps a release line
+    (``"3.5"``) to what that line and every earlier one show, where they differ.
+    """
+
     kind: str
     input_path: Path
     expected: Health
+    expected_up_to: Mapping[tuple[int, int], Health] = field(default_factory=dict)
+
+    def expected_on(self, argocd_version: str) -> Health:
+        """What Argo CD ``argocd_version`` shows for this case."""
+        line = _release_line(argocd_version)
+        for up_to in sorted(self.expected_up_to):
+            if line <= up_to:
+                return self.expected_up_to[up_to]
+        return self.expected
 
 
 def script_path(kind: str) -> Path:
@@ -51,48 +67,43 @@ def argocd_cm_key(kind: str) -> str:
     return f"resource.customizations.health.{GROUP}_{kind}"
 
 
+def argocd_cm_data() -> dict[str, str]:
+    """The ``argocd-cm`` data that installs every health script, as docs/argocd.md shows it."""
+    return {argocd_cm_key(kind): script_path(kind).read_text() for kind in KINDS}
+
+
 def cases(kind: str) -> list[HealthCase]:
-    """The cases of a kind's ``health_test.yaml``, in Argo CD's own format."""
+    """The cases of a kind's ``health_test.yaml``."""
     folder = CUSTOMIZATIONS / GROUP / kind
     tests = yaml.safe_load((folder / "health_test.yaml").read_text())["tests"]
-    return [HealthCase(kind=kind, input_path=folder / test["inputPath"],
-                       expected=Health(test["healthStatus"]["status"], test["healthStatus"].get("message", "")))
+    return [HealthCase(kind=kind, input_path=folder / test["inputPath"], expected=_health(test["healthStatus"]),
+                       expected_up_to={_release_line(line): _health(health)
+                                       for line, health in (test.get("healthStatusUpTo") or {}).items()})
             for test in tests]
 
 
-def evaluate(script: str, obj: Mapping[str, Any]) -> Health:
-    """The health ``script`` returns for ``obj``, as Argo CD would read it."""
-    from lupa import lua51  # a test dependency; only the tests evaluate health scripts
+def evaluate(health_eval: Path, objects: Sequence[Mapping[str, Any]],
+             argocd_cm: Mapping[str, str] | None = None) -> list[Health | None]:
+    """The health Argo CD records for each of ``objects``, in one run of ``health_eval``.
 
-    lua = lua51.LuaRuntime(unpack_returned_tuples=False)
-    _sandbox(lua)
-    lua.globals().obj = _to_lua(lua, obj)
-    result = lua.execute(script)
-    if lua51.lua_type(result) != "table":
-        raise TypeError(f"expect table output from Lua script, not {lua51.lua_type(result) or 'nil'}")
-    status, message = result["status"], result["message"]
-    if status not in VALID_STATUSES:
-        return Health("Unknown", INVALID_STATUS_MESSAGE)
-    return Health(str(status), "" if message is None else str(message))
-
-
-def _sandbox(lua: Any) -> None:
-    # The string metatable gives strings their methods; without the string library Argo CD has none.
-    lua.execute("debug.setmetatable('', nil)")
-    lua_globals = lua.globals()
-    safe_os = lua.table_from({name: lua_globals.os[name] for name in _SAFE_OS})
-    for name in _CLOSED:
-        lua_globals[name] = None
-    lua_globals.os = safe_os
+    ``argocd_cm`` defaults to the data that installs this repository's scripts. None stands for an object
+    Argo CD assesses no health for. A script that fails reads as Unknown with the error as its message,
+    as the application controller records it.
+    """
+    request = {"argocdCM": dict(argocd_cm_data() if argocd_cm is None else argocd_cm),
+               "objects": [json.loads(json.dumps(obj, default=str)) for obj in objects]}
+    result = subprocess.run([str(health_eval)], input=json.dumps(request), capture_output=True, text=True,
+                            timeout=60, check=False)
+    if result.returncode != 0:
+        raise EvaluationFailed(f"{health_eval} exited {result.returncode}: {result.stderr.strip()}")
+    return [Health(answer["status"], answer["message"]) if answer["status"] else None
+            for answer in json.loads(result.stdout)]
 
 
-def _to_lua(lua: Any, value: Any) -> Any:
-    """JSON-shaped Python values as Lua values, the way Argo CD's decodeValue converts an object."""
-    if isinstance(value, Mapping):
-        return lua.table_from({key: _to_lua(lua, item) for key, item in value.items() if item is not None})
-    if isinstance(value, list):
-        return lua.table_from([_to_lua(lua, item) for item in value])
-    if isinstance(value, bool | str | int | float):
-        return value
-    # YAML timestamps and the like reach Argo CD as JSON strings.
-    return str(value)
+def _health(value: Mapping[str, str]) -> Health:
+    return Health(value["status"], value.get("message", ""))
+
+
+def _release_line(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)

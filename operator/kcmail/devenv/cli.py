@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     build = actions.add_parser("build", help="only build or fetch the components into the cache")
     build.add_argument("--keycloak-version", choices=versions.KEYCLOAK_CHOICES, action="append",
                        help="repeat for several; default the pinned one")
+    build.add_argument("--argocd-version", choices=versions.ARGOCD_CHOICES, action="append", default=[],
+                       help="also build the Argo CD health evaluator the health-check tests run; repeat for several")
     actions.add_parser("down", help="stop every server that `up` started")
     actions.add_parser("status", help="which servers are running")
     dev.set_defaults(handler=run)
@@ -53,6 +55,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.dev_action == "build":
         for version in args.keycloak_version or [versions.KEYCLOAK]:
             components.ensure_all(version)
+        for version in args.argocd_version:
+            components.build_argocd_health_eval(version)
         print(f"components cached under {components.cache_root() / 'components'}")
         return 0
     if args.dev_action == "up":

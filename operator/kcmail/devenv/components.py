@@ -1,13 +1,16 @@
 """Obtain the binaries of the local environment into a per-user cache, keyed by version.
 
-kube-apiserver, kubectl and etcd are built with the Go toolchain from their upstream Go modules;
-Keycloak is the ``keycloak-quarkus-dist`` artifact fetched with Maven. Each component is produced in a
+kube-apiserver, kubectl, etcd, helm and the Argo CD health evaluator (``argocd/health-eval``, for the
+tests) are built with the Go toolchain from their upstream Go modules; Keycloak is the
+``keycloak-quarkus-dist`` artifact fetched with Maven. Each component is produced in a
 scratch directory and renamed into place only when complete, so an interrupted build never leaves a
 half-filled cache entry behind, and a second run reuses what the first one finished.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kcmail.devenv import versions
+
+HEALTH_EVAL_SOURCE = Path(__file__).resolve().parents[3] / "argocd" / "health-eval"
 
 
 class PrerequisiteMissing(RuntimeError):
@@ -142,6 +147,15 @@ class _GoWrapper:
             raise BuildFailed(f"go {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
+    def download_gomod(self, module: str) -> str:
+        """The go.mod of ``module`` (``path@version``), read even where this Go is too old to build it."""
+        result = subprocess.run([self.go, "mod", "download", "-json", module], cwd=self.work, capture_output=True,
+                                text=True, env={**os.environ, **self.env}, check=False)
+        try:
+            return Path(json.loads(result.stdout)["GoMod"]).read_text()
+        except (ValueError, KeyError, OSError) as error:
+            raise BuildFailed(f"go mod download {module} failed: {result.stdout}{result.stderr}") from error
+
     def build(self, package: str, binary: str, ldflags: str) -> None:
         self.progress(f"  compiling {binary}")
         self.run("build", "-trimpath", "-ldflags", ldflags, "-o", str(self.work / "bin" / binary), package,
@@ -159,6 +173,88 @@ def _go_wrapper(name: str, module: str, announce: str, progress: Progress) -> _G
     wrapper = _GoWrapper(go=go, work=work, log=work / "build.log", env=_go_env(), progress=progress)
     wrapper.run("mod", "init", module, what="go mod init")
     return wrapper
+
+
+def _module_replaces(gomod: str) -> list[str]:
+    """``go mod edit`` flags for the replace directives of ``gomod`` that name a module version.
+
+    A module's replace lines bind only its own builds; a wrapper that builds its packages must repeat
+    them. Replacements by a local directory are left out: the module proxy serves no such directory.
+    """
+    edits = []
+    in_block = False
+    for line in gomod.splitlines():
+        words = line.split("//")[0].split()
+        if words[:2] == ["replace", "("]:
+            in_block = True
+            continue
+        if in_block and words == [")"]:
+            in_block = False
+            continue
+        if words[:1] == ["replace"]:
+            words = words[1:]
+        elif not in_block:
+            continue
+        if "=>" not in words:
+            continue
+        old, new = words[:words.index("=>")], words[words.index("=>") + 1:]
+        if len(new) == 2 and not new[0].startswith((".", "/")):
+            edits.append(f"-replace={'@'.join(old)}={new[0]}@{new[1]}")
+    return edits
+
+
+def _go_directive(gomod: str) -> tuple[int, ...]:
+    """The Go release a go.mod's ``go`` line asks for, as numbers."""
+    for line in gomod.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "go":
+            return _go_release(words[1])
+    return ()
+
+
+def _go_release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.removeprefix("go").split(".") if part.isdigit())
+
+
+def _health_eval_tags(argocd_gomod: str) -> str:
+    """Build tags choosing the gitops-engine import path this Argo CD release uses (see health-eval)."""
+    old_path = any(line.split()[:1] == ["github.com/argoproj/gitops-engine"] for line in argocd_gomod.splitlines())
+    return "gitops_engine_v0" if old_path else ""
+
+
+def _source_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.go")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def build_argocd_health_eval(version: str, progress: Progress = _print_progress) -> Path:
+    """``argocd/health-eval`` built against Argo CD ``version``'s own modules, for the health-check tests.
+
+    Keyed by the Argo CD version and the program's source, so an edit of it builds anew.
+    """
+    target = cache_root() / "components" / f"argocd-health-eval-v{version}-{_source_digest(HEALTH_EVAL_SOURCE)}"
+    binary = target / "health-eval"
+    if binary.exists():
+        return binary
+    module = f"github.com/argoproj/argo-cd/v3@v{version}"
+    wrapper = _go_wrapper(f"argocd-health-eval-v{version}", "local/healtheval",
+                          f"building the Argo CD {version} health evaluator with Go (first run: 3-4 min)", progress)
+    gomod = wrapper.download_gomod(module)
+    if _go_directive(gomod) > _go_release(wrapper.output("env", "GOVERSION").strip()):
+        progress(f"  Argo CD {version} needs Go {'.'.join(map(str, _go_directive(gomod)))}: "
+                 f"building with {versions.GO_TOOLCHAIN}")
+        wrapper = dataclasses.replace(wrapper, env={**wrapper.env, "GOTOOLCHAIN": versions.GO_TOOLCHAIN})
+    for source in HEALTH_EVAL_SOURCE.glob("*.go"):
+        shutil.copy(source, wrapper.work)
+    wrapper.run("mod", "edit", *_module_replaces(gomod), what="go mod edit")
+    wrapper.run("get", module, what="resolving Argo CD modules")
+    progress("  compiling health-eval")
+    wrapper.run("build", "-trimpath", "-tags", _health_eval_tags(gomod), "-ldflags", "-s -w",
+                "-o", str(wrapper.work / "bin" / "health-eval"), ".", what="compiling health-eval")
+    wrapper.install(target)
+    return binary
 
 
 def build_kubernetes(version: str, progress: Progress = _print_progress) -> tuple[Path, Path]:

@@ -1,6 +1,7 @@
 -- Argo CD health of a kcmail.io KeycloakConnection or ClusterKeycloakConnection: can kcmail reach
 -- Keycloak and log in. Written for Argo CD's sandbox for argocd-cm scripts: Lua 5.1 with only the base,
--- table and os libraries, so no string functions.
+-- table and package libraries (os only as require("os"), with time and date), so no string functions.
+-- For a connection being deleted Argo CD answers Progressing "Pending deletion…" itself.
 local hs = {}
 
 local function condition(conditions, wanted)
@@ -17,12 +18,6 @@ local function describe(c)
     return (c.reason or c.type) .. ": " .. c.message
   end
   return c.reason or c.type
-end
-
-if obj.metadata.deletionTimestamp ~= nil then
-  hs.status = "Progressing"
-  hs.message = "Pending deletion"
-  return hs
 end
 
 local status = obj.status or {}

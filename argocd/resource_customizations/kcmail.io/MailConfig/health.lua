@@ -1,6 +1,6 @@
 -- Argo CD health of a kcmail.io MailConfig, read from the status kcmail writes.
--- Written for Argo CD's sandbox for argocd-cm scripts: Lua 5.1 with only the base, table and os
--- libraries, so no string functions.
+-- Written for Argo CD's sandbox for argocd-cm scripts: Lua 5.1 with only the base, table and package
+-- libraries (os only as require("os"), with time and date), so no string functions.
 local hs = {}
 
 local function condition(conditions, wanted)
@@ -22,15 +22,13 @@ end
 local status = obj.status or {}
 local ready = condition(status.conditions, "Ready")
 
-if obj.metadata.deletionTimestamp ~= nil then
-  -- deletionPolicy Clear waits for Keycloak; say why instead of an endless "Pending deletion".
-  if ready ~= nil and ready.status == "False" and ready.reason == "DeletionBlocked" then
-    hs.status = "Degraded"
-    hs.message = describe(ready)
-    return hs
-  end
-  hs.status = "Progressing"
-  hs.message = "Pending deletion"
+-- For an object being deleted Argo CD answers Progressing "Pending deletion…" itself; from 3.6 on it
+-- takes this script's status instead when the script sets deletionMessage (3.5 and earlier never ask).
+-- deletionPolicy Clear waits for Keycloak; say why instead of an endless "Pending deletion".
+if obj.metadata.deletionTimestamp ~= nil and ready ~= nil and ready.status == "False"
+    and ready.reason == "DeletionBlocked" then
+  hs.status = "Degraded"
+  hs.deletionMessage = describe(ready)
   return hs
 end
 
