@@ -104,9 +104,11 @@ class _EchoSmtpHandler(socketserver.StreamRequestHandler):
                     decoded = base64.b64decode(initial).decode(errors="replace")
                 except ValueError:
                     decoded = initial
-                # The decoded SASL string, its \x01 and \x00 separators made visible, and the base64 itself.
+                # The decoded SASL string, its \x01 and \x00 separators made visible, and the base64 itself,
+                # each on a line of its own: together they outgrow the 8 KiB a client reads as one line.
                 shown = decoded.replace("\x01", "^A").replace("\x00", "^@")
-                self._send(f"535 5.7.8 {mechanism} refused for {shown} (initial response {initial})")
+                self._send(f"535-5.7.8 {mechanism} refused for {shown}")
+                self._send(f"535 5.7.8 initial response {initial}")
             elif verb == "QUIT":
                 self._send("221 bye")
                 return
