@@ -82,7 +82,8 @@ def test_a_probe_at_the_slot_makes_the_next_due_at_the_next_slot_and_not_before(
 @given(st.floats(min_value=0.0, max_value=0.999999), st.floats(min_value=0.0, max_value=1.0))
 def test_a_probe_off_the_slot_is_followed_within_half_to_one_and_a_half_intervals(offset, where):
     interval = 600.0
-    last = NOW + datetime.timedelta(seconds=where * interval)
+    # Status times have whole seconds: the slot is reckoned from the last probe as the status records it.
+    last = (NOW + datetime.timedelta(seconds=where * interval)).replace(microsecond=0)
     due = next_slot(last.timestamp() + interval / 2, interval, offset)
     assert interval / 2 <= due - last.timestamp() <= 1.5 * interval + 1
     before = datetime.datetime.fromtimestamp(due - 2, datetime.UTC)
