@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
+from keycloak.connection import ConnectionManager
 from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionError, KeycloakError
 
 from kcmail.answers import KEYCLOAK_ANSWER_LIMIT, AnswerTooLarge, limited_client
@@ -189,6 +190,24 @@ class KeycloakClient:
             if not valid():
                 await connection.a_get_token()
 
+    async def _renew_token(self, refused: object) -> None:
+        """After Keycloak answered 401 to a call made with the token ``refused``: renew it, once.
+
+        python-keycloak renews on every 401 it sees, so a revoked token met by fifty calls in flight cost
+        fifty renewals; here the calls that met the same token share the first one's.
+        """
+        connection = self._admin.connection
+        async with self._token_lock:
+            if connection.token is refused:
+                await connection.a_refresh_token()
+
+    async def _send(self, method: str, path: str, body: Mapping[str, Any] | None) -> httpx.Response:
+        """The request alone: python-keycloak's own methods would renew the token on a 401 by themselves."""
+        connection = self._admin.connection
+        if method == "PUT":
+            return await ConnectionManager.a_raw_put(connection, path, data=json.dumps(body))
+        return await ConnectionManager.a_raw_get(connection, path)
+
     async def _call(self, what: str, method: str, path: str, *, body: Mapping[str, Any] | None = None,
                     realm: str | None = None) -> Any:
         """One admin API call; the parsed JSON answer (None for an empty one)."""
@@ -196,10 +215,12 @@ class KeycloakClient:
         try:
             async with self._slots:
                 await self._ensure_token()
-                if method == "PUT":
-                    response = await connection.a_raw_put(path, data=json.dumps(body))
-                else:
-                    response = await connection.a_raw_get(path)
+                token = connection.token
+                response = await self._send(method, path, body)
+                if response.status_code == 401:
+                    # The token was revoked or Keycloak restarted without its sessions: renew it and try once more.
+                    await self._renew_token(token)
+                    response = await self._send(method, path, body)
         except KeycloakAuthenticationError as error:
             raise KeycloakFailure(Failure(
                 Reason.KEYCLOAK_AUTH_FAILED,

@@ -213,8 +213,11 @@ async def test_a_409_from_a_simultaneous_realm_write_is_retried_not_stalled():
         return None
 
     keycloak._ensure_token = logged_in
-    keycloak._admin.connection.a_raw_get = get
-    keycloak._admin.connection.a_raw_put = put
+
+    async def send(method: str, path: str, body: Any) -> httpx.Response:
+        return await (put(path, json.dumps(body)) if method == "PUT" else get(path))
+
+    keycloak._send = send
     try:
         reconciler = _reconciler(keycloak)
         collided = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH))
