@@ -5,11 +5,12 @@ admin client per connection kept for the operator's lifetime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,31 +232,68 @@ def tls_context(ca_bundle: str | None, connection_ca_pem: str) -> ssl.SSLContext
     return context
 
 
+@dataclass(eq=False)
+class _Lease:
+    """A Connection's admin client and the passes using it; a replaced one closes when the last one leaves."""
+
+    fingerprint: str
+    client: KeycloakClient
+    users: int = 0
+    replaced: bool = False
+
+
 class KeycloakClients:
     """One :class:`KeycloakClient` per Connection, rebuilt when its fingerprint changes.
 
-    ``concurrency`` bounds the admin calls in flight through each of them.
+    ``concurrency`` bounds the admin calls in flight through each of them. A pass holds its client with
+    :meth:`using` for all its calls. Finding the client and building a new one happen without a pause in
+    between, so the passes that all meet a rotated admin Secret at once share one new client (one pool,
+    one login); the client it replaces closes once the passes still using it are done, not under them.
     """
 
     def __init__(self, ca_bundle: str | None = None, *, concurrency: int) -> None:
         self._ca_bundle = ca_bundle
         self._concurrency = concurrency
-        self._clients: dict[ConnectionKey, tuple[str, KeycloakClient]] = {}
+        self._leases: dict[ConnectionKey, _Lease] = {}
+        # Replaced clients still in use, closed on shutdown if their passes never end.
+        self._replaced: set[_Lease] = set()
 
-    async def get(self, connection: ResolvedConnection) -> KeycloakClient:
-        held = self._clients.get(connection.key)
-        if held is not None and held[0] == connection.fingerprint:
-            return held[1]
-        if held is not None:
-            await held[1].aclose()
+    @contextlib.asynccontextmanager
+    async def using(self, connection: ResolvedConnection) -> AsyncIterator[KeycloakClient]:
+        lease, replaced = self._lease(connection)
+        lease.users += 1
+        try:
+            if replaced is not None and replaced.users == 0:
+                await self._close(replaced)
+            yield lease.client
+        finally:
+            lease.users -= 1
+            if lease.replaced and lease.users == 0:
+                await self._close(lease)
+
+    def _lease(self, connection: ResolvedConnection) -> tuple[_Lease, _Lease | None]:
+        """The Connection's current lease, and the one it replaced just now, if any. Never pauses."""
+        held = self._leases.get(connection.key)
+        if held is not None and held.fingerprint == connection.fingerprint:
+            return held, None
         verify: ssl.SSLContext | bool = (
             False if connection.insecure_skip_verify else tls_context(self._ca_bundle, connection.ca_pem))
-        keycloak = KeycloakClient(connection.url, connection.admin_realm, connection.credentials, verify=verify,
-                                  concurrency=self._concurrency)
-        self._clients[connection.key] = (connection.fingerprint, keycloak)
-        return keycloak
+        lease = _Lease(connection.fingerprint, KeycloakClient(
+            connection.url, connection.admin_realm, connection.credentials, verify=verify,
+            concurrency=self._concurrency))
+        self._leases[connection.key] = lease
+        if held is not None:
+            held.replaced = True
+            self._replaced.add(held)
+        return lease, held
+
+    async def _close(self, lease: _Lease) -> None:
+        if lease in self._replaced:
+            self._replaced.discard(lease)
+            await lease.client.aclose()
 
     async def aclose(self) -> None:
-        for _, keycloak in self._clients.values():
-            await keycloak.aclose()
-        self._clients.clear()
+        for lease in [*self._leases.values(), *self._replaced]:
+            await lease.client.aclose()
+        self._leases.clear()
+        self._replaced.clear()

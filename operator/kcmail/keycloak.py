@@ -100,8 +100,14 @@ class KeycloakClient:
         # Waiting for a slot has no deadline; a call that has one keeps its own timeout.
         self._slots = asyncio.Semaphore(concurrency)
         self._version_read: asyncio.Future[Version | None] | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._admin.connection.aclose()
         await self._admin.connection.keycloak_openid.connection.aclose()
 

@@ -13,8 +13,10 @@ import re
 import httpx
 import pytest
 
+from kcmail.connections import ConnectionKey, KeycloakClients, ResolvedConnection
 from kcmail.devenv.certs import client_context
 from kcmail.keycloak import AdminCredentials, KeycloakClient
+from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +65,44 @@ async def test_fifty_calls_that_meet_a_revoked_admin_token_renew_it_once(devenv)
     # The refresh token's session is gone as well: one refused refresh, then one login. Renewing per 401 (as
     # python-keycloak does) made two requests for each of the fifty calls.
     assert renewals == 2
+
+
+def _connection(devenv, fingerprint: str) -> ResolvedConnection:
+    return ResolvedConnection(key=ConnectionKey(ConnectionKind.CLUSTER, "main", None), url=devenv.keycloak_url,
+                              admin_realm="master", credentials=_admin(devenv), ca_pem=_ca(devenv),
+                              fingerprint=fingerprint)
+
+
+def _ca(devenv) -> str:
+    with open(devenv.ca_file) as ca:
+        return ca.read()
+
+
+async def test_fifty_passes_meeting_a_rotated_admin_secret_share_one_new_client_and_one_login(devenv):
+    clients = KeycloakClients(concurrency=8)
+    before_rotation = _connection(devenv, "admin Secret at revision 1")
+    rotated = _connection(devenv, "admin Secret at revision 2")
+    used: list[KeycloakClient] = []
+
+    async def one_pass() -> str:
+        async with clients.using(rotated) as keycloak:
+            used.append(keycloak)
+            realm = await keycloak.read_realm(devenv.issuer_realm)
+            return str(realm["realm"])
+
+    try:
+        async with clients.using(before_rotation) as old:
+            await old.read_realm(devenv.issuer_realm)
+            logins_before = _token_requests(devenv)
+            realms = await asyncio.wait_for(asyncio.gather(*(one_pass() for _ in range(CALLERS))), timeout=120)
+            logins = _token_requests(devenv) - logins_before
+            # A pass that began before the rotation finishes on its own client.
+            assert not old.closed
+            await old.read_realm(devenv.issuer_realm)
+        assert old.closed
+    finally:
+        await clients.aclose()
+    assert realms == [devenv.issuer_realm] * CALLERS
+    assert len({id(keycloak) for keycloak in used}) == 1
+    assert logins == 1
+    assert used[0].closed  # closed with the operator

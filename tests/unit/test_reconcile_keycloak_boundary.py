@@ -8,8 +8,10 @@ test keeps the real KeycloakClient and fakes the HTTP answers python-keycloak ha
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -90,8 +92,9 @@ class FakeClients:
     def __init__(self, keycloak: FakeKeycloak) -> None:
         self.keycloak = keycloak
 
-    async def get(self, connection: Any) -> Any:
-        return self.keycloak
+    @contextlib.asynccontextmanager
+    async def using(self, connection: Any) -> AsyncIterator[Any]:
+        yield self.keycloak
 
 
 def _mailconfig(auth: dict[str, Any], status: dict[str, Any] | None = None) -> MailConfigObject:
