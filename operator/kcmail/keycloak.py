@@ -13,12 +13,13 @@ secret; an answer that is not what the admin API answers (not JSON, the wrong sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ class KeycloakClient:
         self._token_lock = asyncio.Lock()
         # Waiting for a slot has no deadline; a call that has one keeps its own timeout.
         self._slots = asyncio.Semaphore(concurrency)
+        # The tasks inside one_slot(): their calls use the slot they hold.
+        self._holders: set[asyncio.Task[Any]] = set()
         self._version_read: asyncio.Future[Version | None] | None = None
         self._closed = False
 
@@ -177,6 +180,28 @@ class KeycloakClient:
                                           "representation of another realm", needs_person=True))
         await self._call(f"update realm {realm!r}", "PUT", realm_path(realm), body=representation, realm=realm)
 
+    @contextlib.asynccontextmanager
+    async def one_slot(self) -> AsyncIterator[None]:
+        """Hold one of the slots for the calls this task makes inside, so they follow one another.
+
+        A pass reads its realm and writes the whole representation back: between the two, an edit made
+        in the admin console would be overwritten. Taking a slot per call put each write behind every
+        call queued since its read, minutes in a burst of passes; in one slot it is the next call. Only
+        the calls that belong together go inside: a call that needs a slot of its own from in here
+        (another task's, such as the shared version read) would wait for slots held by passes like this one.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        async with self._slots:
+            self._holders.add(task)
+            try:
+                yield
+            finally:
+                self._holders.discard(task)
+
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext() if asyncio.current_task() in self._holders else self._slots
+
     async def _ensure_token(self) -> None:
         """Log in once, before the first call and when the token nears its end.
 
@@ -219,7 +244,7 @@ class KeycloakClient:
         """One admin API call; the parsed JSON answer (None for an empty one)."""
         connection = self._admin.connection
         try:
-            async with self._slots:
+            async with self._slot():
                 await self._ensure_token()
                 token = connection.token
                 response = await self._send(method, path, body)

@@ -243,20 +243,22 @@ class Reconciler:
         except UnsupportedVersion as error:
             return Outcome(credentials=True, applied=Failure(
                 Reason.UNSUPPORTED_KEYCLOAK_VERSION, str(error), needs_person=True)), False, False, None
-        realm = await keycloak.read_realm(spec.realm)
         me = Owner(uid=obj.uid, mailconfig=obj.id)
-        recorded = recorded_owner(realm)
-        decision = decide(recorded, me, await self._lookup(recorded, me), obj.annotations.get(ADOPT_ANNOTATION))
-        conflict = decision.conflict
-        if conflict is None and recorded is None:
-            conflict = await self._unrecorded_holder(obj, spec, connection, holders)
-        if conflict is not None:
-            return Outcome(credentials=True, applied=conflict), False, False, None
-        drifted, drift = needs_write(desired, realm.get("smtpServer"), secret_version=credentials.secret_version,
-                                     applied_secret_version=obj.status.get("appliedSecretVersion"))
-        write = drifted or recorded != me
+        async with keycloak.one_slot():  # the write right after the read it carries back
+            realm = await keycloak.read_realm(spec.realm)
+            recorded = recorded_owner(realm)
+            decision = decide(recorded, me, await self._lookup(recorded, me), obj.annotations.get(ADOPT_ANNOTATION))
+            conflict = decision.conflict
+            if conflict is None and recorded is None:
+                conflict = await self._unrecorded_holder(obj, spec, connection, holders)
+            if conflict is not None:
+                return Outcome(credentials=True, applied=conflict), False, False, None
+            drifted, drift = needs_write(desired, realm.get("smtpServer"), secret_version=credentials.secret_version,
+                                         applied_secret_version=obj.status.get("appliedSecretVersion"))
+            write = drifted or recorded != me
+            if write:
+                await keycloak.write_realm(spec.realm, with_owner(realm, desired, me))
         if write:
-            await keycloak.write_realm(spec.realm, with_owner(realm, desired, me))
             if decision.claiming:
                 lost = await _claim_lost(keycloak, spec.realm, me)
                 if lost is not None:
@@ -391,7 +393,7 @@ class Reconciler:
         clear = spec.deletion_policy is DeletionPolicy.CLEAR and not spec.suspend
         try:
             connection = await self._connection(obj, spec)
-            async with self._clients.using(connection) as keycloak:
+            async with self._clients.using(connection) as keycloak, keycloak.one_slot():
                 realm = await keycloak.read_realm(spec.realm)
                 if recorded_owner(realm) != Owner(uid=obj.uid, mailconfig=obj.id):
                     return Result(status={})  # not the owner: the realm is someone else's, or no one's

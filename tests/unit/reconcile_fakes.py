@@ -62,6 +62,10 @@ class FakeKeycloak:
         self.race = race
         self.writes: list[dict[str, Any]] = []
 
+    @contextlib.asynccontextmanager
+    async def one_slot(self) -> AsyncIterator[None]:
+        yield
+
     async def version(self, *, fresh: bool = False) -> tuple[int, int, int]:
         return (26, 7, 3)
 

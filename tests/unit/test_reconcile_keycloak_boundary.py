@@ -72,6 +72,10 @@ class FakeKeycloak:
         self.realm: dict[str, Any] = {"realm": "acme", "enabled": True}
         self.writes: list[dict[str, str]] = []
 
+    @contextlib.asynccontextmanager
+    async def one_slot(self) -> AsyncIterator[None]:
+        yield
+
     async def version(self, *, fresh: bool = False) -> Version:
         return self.server_version
 
