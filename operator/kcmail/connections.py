@@ -49,6 +49,8 @@ class ResolvedConnection:
     allowed_realms: tuple[str, ...] = ("*",)
     # Changes whenever anything that shapes the admin client changes (URL, credentials, CA).
     fingerprint: str = ""
+    # The version (kcmail.kube.secret_version) of each Secret read, by (namespace, name).
+    secret_versions: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 def normalized_url(url: str) -> str:
@@ -116,6 +118,7 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
     credentials_secret = await _secret(kube, secret_ns or "", ref.get("name", ""), f"{key} credentials")
     credentials = _admin_credentials(credentials_secret, key)
     tls = spec.get("tls") or {}
+    secret_versions = {(credentials_secret.namespace, credentials_secret.name): credentials_secret.version}
     ca_pem, ca_version = "", ""
     if tls.get("caSecretRef"):
         ca_ref = tls["caSecretRef"]
@@ -127,6 +130,7 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
                 Reason.SECRET_KEY_MISSING, f'Secret {ca_secret.namespace}/{ca_secret.name} has no key "{ca_key}" '
                 f"(the CA of {key})", needs_person=True))
         ca_pem, ca_version = ca_secret.data[ca_key], ca_secret.version
+        secret_versions[(ca_secret.namespace, ca_secret.name)] = ca_version
         _check_ca(ca_pem, f"Secret {ca_secret.namespace}/{ca_secret.name} key {ca_key!r} (the CA of {key})")
     url = spec.get("url", "")
     admin_realm = spec.get("adminRealm", "master")
@@ -141,6 +145,7 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
         allowed_realms=tuple(spec.get("allowedRealms") or ("*",)),
         fingerprint=_fingerprint(url, spec.get("adminRealm", "master"), credentials_secret.version, ca_version,
                                  str(tls.get("insecureSkipVerify", False))),
+        secret_versions=secret_versions,
     )
 
 
@@ -151,6 +156,8 @@ class ResolvedConnections:
     An entry goes when the Connection or one of its Secrets changes (the watch handlers call ``forget``)
     and after ``MAX_AGE_SECONDS`` at the latest, which bounds how stale it can be if an event is ever
     missed. Concurrent misses share one read; failures are never kept, so the next pass reads again.
+    The Secret versions of the last kept read outlive the entry: they tell a Secret event that brings
+    nothing new (a relisting after the watch lost its place) from a change (``resolved_version``).
     """
 
     MAX_AGE_SECONDS = 60.0
@@ -162,6 +169,7 @@ class ResolvedConnections:
         self._reads: dict[ConnectionKey, asyncio.Future[ResolvedConnection]] = {}
         # Bumped by forget: a read that began before a change must not be kept after it.
         self._generations: dict[ConnectionKey, int] = {}
+        self._secret_versions: dict[ConnectionKey, Mapping[tuple[str, str], str]] = {}
 
     async def get(self, kind: ConnectionKind, name: str, referrer_namespace: str) -> ResolvedConnection:
         key = ConnectionKey(kind, name, referrer_namespace if kind is ConnectionKind.NAMESPACED else None)
@@ -177,6 +185,10 @@ class ResolvedConnections:
         # Shielded: one caller cancelled (its MailConfig deleted) must not fail the others sharing the read.
         return await asyncio.shield(read)
 
+    def resolved_version(self, key: ConnectionKey, namespace: str, name: str) -> str | None:
+        """The version of Secret ``namespace/name`` that the last kept read of Connection ``key`` used."""
+        return self._secret_versions.get(key, {}).get((namespace, name))
+
     def forget(self, key: ConnectionKey) -> None:
         self._entries.pop(key, None)
         self._reads.pop(key, None)
@@ -189,6 +201,7 @@ class ResolvedConnections:
             return  # retrieved, so that a failure nobody awaits any more is not reported as lost
         if self._generations.get(key, 0) == generation:
             self._entries[key] = (self._clock(), read.result())
+            self._secret_versions[key] = read.result().secret_versions
 
 
 async def _secret(kube: Kube, namespace: str, name: str, purpose: str) -> Secret:
