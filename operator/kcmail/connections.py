@@ -5,11 +5,12 @@ admin client per connection kept for the operator's lifetime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ class ResolvedConnection:
     allowed_realms: tuple[str, ...] = ("*",)
     # Changes whenever anything that shapes the admin client changes (URL, credentials, CA).
     fingerprint: str = ""
+    # The version (kcmail.kube.secret_version) of each Secret read, by (namespace, name).
+    secret_versions: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 def normalized_url(url: str) -> str:
@@ -115,6 +118,7 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
     credentials_secret = await _secret(kube, secret_ns or "", ref.get("name", ""), f"{key} credentials")
     credentials = _admin_credentials(credentials_secret, key)
     tls = spec.get("tls") or {}
+    secret_versions = {(credentials_secret.namespace, credentials_secret.name): credentials_secret.version}
     ca_pem, ca_version = "", ""
     if tls.get("caSecretRef"):
         ca_ref = tls["caSecretRef"]
@@ -126,6 +130,7 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
                 Reason.SECRET_KEY_MISSING, f'Secret {ca_secret.namespace}/{ca_secret.name} has no key "{ca_key}" '
                 f"(the CA of {key})", needs_person=True))
         ca_pem, ca_version = ca_secret.data[ca_key], ca_secret.version
+        secret_versions[(ca_secret.namespace, ca_secret.name)] = ca_version
         _check_ca(ca_pem, f"Secret {ca_secret.namespace}/{ca_secret.name} key {ca_key!r} (the CA of {key})")
     url = spec.get("url", "")
     admin_realm = spec.get("adminRealm", "master")
@@ -140,6 +145,7 @@ async def resolve(kube: Kube, kind: ConnectionKind, name: str, referrer_namespac
         allowed_realms=tuple(spec.get("allowedRealms") or ("*",)),
         fingerprint=_fingerprint(url, spec.get("adminRealm", "master"), credentials_secret.version, ca_version,
                                  str(tls.get("insecureSkipVerify", False))),
+        secret_versions=secret_versions,
     )
 
 
@@ -150,6 +156,8 @@ class ResolvedConnections:
     An entry goes when the Connection or one of its Secrets changes (the watch handlers call ``forget``)
     and after ``MAX_AGE_SECONDS`` at the latest, which bounds how stale it can be if an event is ever
     missed. Concurrent misses share one read; failures are never kept, so the next pass reads again.
+    The Secret versions of the last kept read outlive the entry: they tell a Secret event that brings
+    nothing new (a relisting after the watch lost its place) from a change (``resolved_version``).
     """
 
     MAX_AGE_SECONDS = 60.0
@@ -161,6 +169,7 @@ class ResolvedConnections:
         self._reads: dict[ConnectionKey, asyncio.Future[ResolvedConnection]] = {}
         # Bumped by forget: a read that began before a change must not be kept after it.
         self._generations: dict[ConnectionKey, int] = {}
+        self._secret_versions: dict[ConnectionKey, Mapping[tuple[str, str], str]] = {}
 
     async def get(self, kind: ConnectionKind, name: str, referrer_namespace: str) -> ResolvedConnection:
         key = ConnectionKey(kind, name, referrer_namespace if kind is ConnectionKind.NAMESPACED else None)
@@ -176,6 +185,10 @@ class ResolvedConnections:
         # Shielded: one caller cancelled (its MailConfig deleted) must not fail the others sharing the read.
         return await asyncio.shield(read)
 
+    def resolved_version(self, key: ConnectionKey, namespace: str, name: str) -> str | None:
+        """The version of Secret ``namespace/name`` that the last kept read of Connection ``key`` used."""
+        return self._secret_versions.get(key, {}).get((namespace, name))
+
     def forget(self, key: ConnectionKey) -> None:
         self._entries.pop(key, None)
         self._reads.pop(key, None)
@@ -188,6 +201,7 @@ class ResolvedConnections:
             return  # retrieved, so that a failure nobody awaits any more is not reported as lost
         if self._generations.get(key, 0) == generation:
             self._entries[key] = (self._clock(), read.result())
+            self._secret_versions[key] = read.result().secret_versions
 
 
 async def _secret(kube: Kube, namespace: str, name: str, purpose: str) -> Secret:
@@ -231,31 +245,68 @@ def tls_context(ca_bundle: str | None, connection_ca_pem: str) -> ssl.SSLContext
     return context
 
 
+@dataclass(eq=False)
+class _Lease:
+    """A Connection's admin client and the passes using it; a replaced one closes when the last one leaves."""
+
+    fingerprint: str
+    client: KeycloakClient
+    users: int = 0
+    replaced: bool = False
+
+
 class KeycloakClients:
     """One :class:`KeycloakClient` per Connection, rebuilt when its fingerprint changes.
 
-    ``concurrency`` bounds the admin calls in flight through each of them.
+    ``concurrency`` bounds the admin calls in flight through each of them. A pass holds its client with
+    :meth:`using` for all its calls. Finding the client and building a new one happen without a pause in
+    between, so the passes that all meet a rotated admin Secret at once share one new client (one pool,
+    one login); the client it replaces closes once the passes still using it are done, not under them.
     """
 
     def __init__(self, ca_bundle: str | None = None, *, concurrency: int) -> None:
         self._ca_bundle = ca_bundle
         self._concurrency = concurrency
-        self._clients: dict[ConnectionKey, tuple[str, KeycloakClient]] = {}
+        self._leases: dict[ConnectionKey, _Lease] = {}
+        # Replaced clients still in use, closed on shutdown if their passes never end.
+        self._replaced: set[_Lease] = set()
 
-    async def get(self, connection: ResolvedConnection) -> KeycloakClient:
-        held = self._clients.get(connection.key)
-        if held is not None and held[0] == connection.fingerprint:
-            return held[1]
-        if held is not None:
-            await held[1].aclose()
+    @contextlib.asynccontextmanager
+    async def using(self, connection: ResolvedConnection) -> AsyncIterator[KeycloakClient]:
+        lease, replaced = self._lease(connection)
+        lease.users += 1
+        try:
+            if replaced is not None and replaced.users == 0:
+                await self._close(replaced)
+            yield lease.client
+        finally:
+            lease.users -= 1
+            if lease.replaced and lease.users == 0:
+                await self._close(lease)
+
+    def _lease(self, connection: ResolvedConnection) -> tuple[_Lease, _Lease | None]:
+        """The Connection's current lease, and the one it replaced just now, if any. Never pauses."""
+        held = self._leases.get(connection.key)
+        if held is not None and held.fingerprint == connection.fingerprint:
+            return held, None
         verify: ssl.SSLContext | bool = (
             False if connection.insecure_skip_verify else tls_context(self._ca_bundle, connection.ca_pem))
-        keycloak = KeycloakClient(connection.url, connection.admin_realm, connection.credentials, verify=verify,
-                                  concurrency=self._concurrency)
-        self._clients[connection.key] = (connection.fingerprint, keycloak)
-        return keycloak
+        lease = _Lease(connection.fingerprint, KeycloakClient(
+            connection.url, connection.admin_realm, connection.credentials, verify=verify,
+            concurrency=self._concurrency))
+        self._leases[connection.key] = lease
+        if held is not None:
+            held.replaced = True
+            self._replaced.add(held)
+        return lease, held
+
+    async def _close(self, lease: _Lease) -> None:
+        if lease in self._replaced:
+            self._replaced.discard(lease)
+            await lease.client.aclose()
 
     async def aclose(self) -> None:
-        for _, keycloak in self._clients.values():
-            await keycloak.aclose()
-        self._clients.clear()
+        for lease in [*self._leases.values(), *self._replaced]:
+            await lease.client.aclose()
+        self._leases.clear()
+        self._replaced.clear()

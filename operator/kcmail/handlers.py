@@ -342,7 +342,12 @@ async def secret_changed(rt: Runtime, indices: SecretIndices, event: SecretEvent
     # A Connection's admin credentials or CA: fixing them must not wait for the next timer or interval.
     for index in (indices.namespaced_connection_secrets, indices.cluster_connection_secrets):
         for key in index.get((event.namespace, event.name), []):
-            rt.reconciler.connections.forget(_connection_key(key))
+            connection = _connection_key(key)
+            resolved = rt.reconciler.connections.resolved_version(connection, event.namespace, event.name)
+            if not secret_is_news(event.uid, event.resource_version, resolved):
+                # Its passes already resolved this very version: a relisting brought nothing new.
+                continue
+            rt.reconciler.connections.forget(connection)
             await _recheck_connection(rt, key)
             for user in indices.connection_users.get(key, []):
                 rt.wake(user)

@@ -13,17 +13,19 @@ secret; an answer that is not what the admin API answers (not JSON, the wrong sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import ssl
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
+from keycloak.connection import ConnectionManager
 from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionError, KeycloakError
 
 from kcmail.answers import KEYCLOAK_ANSWER_LIMIT, AnswerTooLarge, limited_client
@@ -98,9 +100,17 @@ class KeycloakClient:
         self._token_lock = asyncio.Lock()
         # Waiting for a slot has no deadline; a call that has one keeps its own timeout.
         self._slots = asyncio.Semaphore(concurrency)
+        # The tasks inside one_slot(): their calls use the slot they hold.
+        self._holders: set[asyncio.Task[Any]] = set()
         self._version_read: asyncio.Future[Version | None] | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._admin.connection.aclose()
         await self._admin.connection.keycloak_openid.connection.aclose()
 
@@ -170,6 +180,28 @@ class KeycloakClient:
                                           "representation of another realm", needs_person=True))
         await self._call(f"update realm {realm!r}", "PUT", realm_path(realm), body=representation, realm=realm)
 
+    @contextlib.asynccontextmanager
+    async def one_slot(self) -> AsyncIterator[None]:
+        """Hold one of the slots for the calls this task makes inside, so they follow one another.
+
+        A pass reads its realm and writes the whole representation back: between the two, an edit made
+        in the admin console would be overwritten. Taking a slot per call put each write behind every
+        call queued since its read, minutes in a burst of passes; in one slot it is the next call. Only
+        the calls that belong together go inside: a call that needs a slot of its own from in here
+        (another task's, such as the shared version read) would wait for slots held by passes like this one.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        async with self._slots:
+            self._holders.add(task)
+            try:
+                yield
+            finally:
+                self._holders.discard(task)
+
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext() if asyncio.current_task() in self._holders else self._slots
+
     async def _ensure_token(self) -> None:
         """Log in once, before the first call and when the token nears its end.
 
@@ -189,17 +221,37 @@ class KeycloakClient:
             if not valid():
                 await connection.a_get_token()
 
+    async def _renew_token(self, refused: object) -> None:
+        """After Keycloak answered 401 to a call made with the token ``refused``: renew it, once.
+
+        python-keycloak renews on every 401 it sees, so a revoked token met by fifty calls in flight cost
+        fifty renewals; here the calls that met the same token share the first one's.
+        """
+        connection = self._admin.connection
+        async with self._token_lock:
+            if connection.token is refused:
+                await connection.a_refresh_token()
+
+    async def _send(self, method: str, path: str, body: Mapping[str, Any] | None) -> httpx.Response:
+        """The request alone: python-keycloak's own methods would renew the token on a 401 by themselves."""
+        connection = self._admin.connection
+        if method == "PUT":
+            return await ConnectionManager.a_raw_put(connection, path, data=json.dumps(body))
+        return await ConnectionManager.a_raw_get(connection, path)
+
     async def _call(self, what: str, method: str, path: str, *, body: Mapping[str, Any] | None = None,
                     realm: str | None = None) -> Any:
         """One admin API call; the parsed JSON answer (None for an empty one)."""
         connection = self._admin.connection
         try:
-            async with self._slots:
+            async with self._slot():
                 await self._ensure_token()
-                if method == "PUT":
-                    response = await connection.a_raw_put(path, data=json.dumps(body))
-                else:
-                    response = await connection.a_raw_get(path)
+                token = connection.token
+                response = await self._send(method, path, body)
+                if response.status_code == 401:
+                    # The token was revoked or Keycloak restarted without its sessions: renew it and try once more.
+                    await self._renew_token(token)
+                    response = await self._send(method, path, body)
         except KeycloakAuthenticationError as error:
             raise KeycloakFailure(Failure(
                 Reason.KEYCLOAK_AUTH_FAILED,

@@ -225,16 +225,27 @@ class Reconciler:
         except ConnectionFailure as error:
             return Outcome(credentials=error.failure), not error.failure.needs_person, False, None
         try:
-            keycloak = await self._clients.get(connection)
-            version = await keycloak.version()
-            status["keycloakVersion"] = version_text(version)
-            try:
-                desired = desired_smtp_server(spec, credentials, version)
-            except UnsupportedVersion as error:
-                return Outcome(credentials=True, applied=Failure(
-                    Reason.UNSUPPORTED_KEYCLOAK_VERSION, str(error), needs_person=True)), False, False, None
+            async with self._clients.using(connection) as keycloak:
+                return await self._apply(obj, spec, status, events, holders, connection, credentials, keycloak)
+        except KeycloakFailure as error:
+            return Outcome(credentials=True, applied=error.failure), not error.failure.needs_person, False, None
+        except ConnectionFailure as error:
+            return Outcome(credentials=error.failure), not error.failure.needs_person, False, None
+
+    async def _apply(self, obj: MailConfigObject, spec: MailConfigSpec, status: dict[str, Any], events: list[Event],
+                     holders: Holders, connection: ResolvedConnection, credentials: Credentials,
+                     keycloak: KeycloakClient) -> tuple[Outcome, bool, bool, Credentials | None]:
+        """Read the realm and write it when the settings, the Secret or the owner record call for it."""
+        version = await keycloak.version()
+        status["keycloakVersion"] = version_text(version)
+        try:
+            desired = desired_smtp_server(spec, credentials, version)
+        except UnsupportedVersion as error:
+            return Outcome(credentials=True, applied=Failure(
+                Reason.UNSUPPORTED_KEYCLOAK_VERSION, str(error), needs_person=True)), False, False, None
+        me = Owner(uid=obj.uid, mailconfig=obj.id)
+        async with keycloak.one_slot():  # the write right after the read it carries back
             realm = await keycloak.read_realm(spec.realm)
-            me = Owner(uid=obj.uid, mailconfig=obj.id)
             recorded = recorded_owner(realm)
             decision = decide(recorded, me, await self._lookup(recorded, me), obj.annotations.get(ADOPT_ANNOTATION))
             conflict = decision.conflict
@@ -247,21 +258,18 @@ class Reconciler:
             write = drifted or recorded != me
             if write:
                 await keycloak.write_realm(spec.realm, with_owner(realm, desired, me))
-                if decision.claiming:
-                    lost = await _claim_lost(keycloak, spec.realm, me)
-                    if lost is not None:
-                        return Outcome(credentials=True, applied=lost), False, True, None
-                status["appliedSecretVersion"] = credentials.secret_version
-                status["lastAppliedTime"] = _stamp(self._now())
-                events.append(_write_event(obj, drift.keys, rotated=drifted and not drift, owner_only=not drifted))
-                if decision.adopted is not None:
-                    events.append(Event("Warning", "RealmAdopted",
-                                        f"took realm {spec.realm!r} over from MailConfig {decision.adopted.mailconfig} "
-                                        f"(uid {decision.adopted.uid}), which no longer exists in this cluster"))
-        except KeycloakFailure as error:
-            return Outcome(credentials=True, applied=error.failure), not error.failure.needs_person, False, None
-        except ConnectionFailure as error:
-            return Outcome(credentials=error.failure), not error.failure.needs_person, False, None
+        if write:
+            if decision.claiming:
+                lost = await _claim_lost(keycloak, spec.realm, me)
+                if lost is not None:
+                    return Outcome(credentials=True, applied=lost), False, True, None
+            status["appliedSecretVersion"] = credentials.secret_version
+            status["lastAppliedTime"] = _stamp(self._now())
+            events.append(_write_event(obj, drift.keys, rotated=drifted and not drift, owner_only=not drifted))
+            if decision.adopted is not None:
+                events.append(Event("Warning", "RealmAdopted",
+                                    f"took realm {spec.realm!r} over from MailConfig {decision.adopted.mailconfig} "
+                                    f"(uid {decision.adopted.uid}), which no longer exists in this cluster"))
         return Outcome(credentials=True, applied=True), False, write, credentials
 
     async def _connection(self, obj: MailConfigObject, spec: MailConfigSpec) -> ResolvedConnection:
@@ -385,11 +393,12 @@ class Reconciler:
         clear = spec.deletion_policy is DeletionPolicy.CLEAR and not spec.suspend
         try:
             connection = await self._connection(obj, spec)
-            keycloak = await self._clients.get(connection)
-            realm = await keycloak.read_realm(spec.realm)
-            if recorded_owner(realm) != Owner(uid=obj.uid, mailconfig=obj.id):
-                return Result(status={})  # not the owner: the realm is someone else's, or no one's
-            await keycloak.write_realm(spec.realm, with_owner(realm, cleared_smtp_server() if clear else None, None))
+            async with self._clients.using(connection) as keycloak, keycloak.one_slot():
+                realm = await keycloak.read_realm(spec.realm)
+                if recorded_owner(realm) != Owner(uid=obj.uid, mailconfig=obj.id):
+                    return Result(status={})  # not the owner: the realm is someone else's, or no one's
+                await keycloak.write_realm(spec.realm,
+                                           with_owner(realm, cleared_smtp_server() if clear else None, None))
         except (ConnectionFailure, KeycloakFailure) as error:
             failure = error.failure
             if failure.reason in (Reason.CONNECTION_NOT_ALLOWED, Reason.REALM_NOT_FOUND, Reason.REALM_MISMATCH):
@@ -502,8 +511,8 @@ async def check_connection(kube: Kube, clients: KeycloakClients, kind: Connectio
     else:
         try:
             connection = await resolve(kube, kind, meta.get("name", ""), meta.get("namespace", ""))
-            keycloak = await clients.get(connection)
-            version = await keycloak.version(fresh=True)
+            async with clients.using(connection) as keycloak:
+                version = await keycloak.version(fresh=True)
         except (ConnectionFailure, KeycloakFailure) as error:
             failure = error.failure
         except KubeError as error:

@@ -125,10 +125,12 @@ class Runtime:
 
 
 def secret_is_news(uid: str, resource_version: str, applied_version: str | None) -> bool:
-    """Whether an event of a MailConfig's Secret carries content that MailConfig has not applied.
+    """Whether an event of a Secret carries content its user has not applied (a MailConfig) or resolved (a
+    Connection); ``None``: it has none.
 
-    The Secrets listed at start-up are the very ones the MailConfigs applied before: waking each loop
-    for them would cost every MailConfig a second realm read right after its first.
+    The Secrets listed at start-up, or listed again after the watch lost its place, are mostly the very
+    ones their users applied before: waking each loop for them would cost every MailConfig a second realm
+    read right after its first, and every Connection a check.
     """
     return secret_version(uid, resource_version) != applied_version
 

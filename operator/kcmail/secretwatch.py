@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,9 +26,14 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 500
 # The API server ends each watch after this long; it is started again from the last version seen.
 WATCH_SECONDS = 300
-# After a failure (API server unreachable, refused), the listing starts over after 1, 2, 4 … 60 s.
+# After a failure (API server unreachable, refused), the listing starts over after up to 1, 2, 4 … 60 s,
+# each delay jittered down to half, so that operators restarted together do not relist together.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+# A watch that lasted this long, or delivered an event, shows the API server serving it: the failures
+# counted before it no longer lengthen the next delay. A listing alone shows nothing: the list may work
+# while every watch fails at once, and resetting there would relist every second.
+HEALTHY_WATCH_SECONDS = 10.0
 GONE = 410
 # A watch that the server or a proxy ends sooner than this is started again only after this long.
 QUICK_END_SECONDS = 1.0
@@ -102,8 +108,29 @@ def is_gone(error: Exception) -> bool:
     return isinstance(error, WatchGone) or getattr(error, "status", None) == GONE
 
 
-def retry_delay(failures: int) -> float:
-    return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MAX_SECONDS)
+def retry_delay(failures: int, jitter: float) -> float:
+    """Seconds to wait before listing again after ``failures`` failures in a row (0 for none).
+
+    ``jitter`` in [0, 1) picks a delay between half the exponential ceiling and the ceiling itself.
+    """
+    if failures <= 0:
+        return 0.0
+    ceiling = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+    return ceiling * (1 + jitter) / 2
+
+
+def failures_after_watch(failures: int, *, lasted: float, delivered: int) -> int:
+    """The failures in a row after a watch that ran ``lasted`` seconds and delivered ``delivered`` events."""
+    return 0 if delivered > 0 or lasted >= HEALTHY_WATCH_SECONDS else failures
+
+
+@dataclass
+class _WatchProgress:
+    """How far one watch got, kept even when it ends in an exception."""
+
+    version: str
+    started: float
+    delivered: int = 0
 
 
 class SecretWatch:
@@ -120,24 +147,36 @@ class SecretWatch:
     async def _follow(self, namespace: str | None) -> None:
         path, listed, failures = secrets_path(namespace), False, 0
         while True:
+            progress = _WatchProgress(version="", started=time.monotonic())
             try:
                 version = await self._list(path, SecretEventType.RELISTED if listed else SecretEventType.LISTED)
-                listed, failures = True, 0
+                listed = True
                 while True:
-                    started = time.monotonic()
-                    version = await self._watch(path, version)
-                    if time.monotonic() - started < QUICK_END_SECONDS:
+                    progress = _WatchProgress(version=version, started=time.monotonic())
+                    await self._watch(path, progress)
+                    version = progress.version
+                    lasted = time.monotonic() - progress.started
+                    failures = failures_after_watch(failures, lasted=lasted, delivered=progress.delivered)
+                    if lasted < QUICK_END_SECONDS:
                         # A proxy that cuts streams at once must not make this a loop of requests.
                         await asyncio.sleep(QUICK_END_SECONDS)
             except Exception as error:  # the watch outlives any one failure
+                failures = failures_after_watch(failures, lasted=time.monotonic() - progress.started,
+                                                delivered=progress.delivered)
+                jitter = random.random()  # noqa: S311 (spreads retries; nothing secret)
                 if is_gone(error):
-                    log.debug("Secret watch %s: its version is gone, listing again", path)
-                    continue
-                failures += 1
-                delay = retry_delay(failures)
-                log.warning("Secret watch %s failed, listing again in %.0f s: %s: %s", path, delay,
-                            type(error).__name__, error)
-                await asyncio.sleep(delay)
+                    # Expected after a watch that served well (etcd compacted past its version): list at once.
+                    # A version gone again and again without a watch in between is a failure like any other.
+                    delay = retry_delay(failures, jitter)
+                    failures += 1
+                    log.debug("Secret watch %s: its version is gone, listing again in %.1f s", path, delay)
+                else:
+                    failures += 1
+                    delay = retry_delay(failures, jitter)
+                    log.warning("Secret watch %s failed, listing again in %.1f s: %s: %s", path, delay,
+                                type(error).__name__, error)
+                if delay:
+                    await asyncio.sleep(delay)
 
     async def _list(self, path: str, event_type: SecretEventType) -> str:
         """Delivers every Secret under ``path``, a page at a time; returns the version to watch from."""
@@ -152,14 +191,16 @@ class SecretWatch:
             if continue_token is None:
                 return str(meta.get("resourceVersion", ""))
 
-    async def _watch(self, path: str, version: str) -> str:
-        """Delivers the changes after ``version`` until the API server ends the watch; returns the last version."""
-        async for line in self._source.watch_metadata(path, resource_version=version, timeout_seconds=WATCH_SECONDS):
+    async def _watch(self, path: str, progress: _WatchProgress) -> None:
+        """Delivers the changes after ``progress.version`` until the API server ends the watch, keeping the last
+        version seen and the count of events delivered in ``progress``."""
+        async for line in self._source.watch_metadata(path, resource_version=progress.version,
+                                                      timeout_seconds=WATCH_SECONDS):
             next_version, event = watch_step(line)
-            version = next_version or version
+            progress.version = next_version or progress.version
             if event is not None:
+                progress.delivered += 1
                 await self._deliver(event)
-        return version
 
     async def _deliver(self, event: SecretEvent) -> None:
         try:

@@ -5,8 +5,10 @@ One realm, one MailConfig with Basic auth; the real servers' side is in tests/e2
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kcmail.kube import Secret
@@ -60,6 +62,10 @@ class FakeKeycloak:
         self.race = race
         self.writes: list[dict[str, Any]] = []
 
+    @contextlib.asynccontextmanager
+    async def one_slot(self) -> AsyncIterator[None]:
+        yield
+
     async def version(self, *, fresh: bool = False) -> tuple[int, int, int]:
         return (26, 7, 3)
 
@@ -78,8 +84,9 @@ class FakeClients:
     def __init__(self, keycloak: FakeKeycloak) -> None:
         self.keycloak = keycloak
 
-    async def get(self, connection: Any) -> FakeKeycloak:
-        return self.keycloak
+    @contextlib.asynccontextmanager
+    async def using(self, connection: Any) -> AsyncIterator[FakeKeycloak]:
+        yield self.keycloak
 
 
 def reconciler_for(keycloak: FakeKeycloak, kube: FakeKube | None = None) -> Reconciler:

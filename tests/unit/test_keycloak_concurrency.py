@@ -121,11 +121,11 @@ async def test_the_started_operator_gives_each_connection_client_its_configured_
     monkeypatch.setattr(handlers, "_runtime", None)
     await handlers.startup(settings=kopf.OperatorSettings())
     try:
-        client = await handlers.runtime().clients.get(ResolvedConnection(
-            key=ConnectionKey(ConnectionKind.CLUSTER, "main", None), url=url, admin_realm="master",
-            credentials=ADMIN, fingerprint="1"))
-        fake.hold_until(7)
-        await _burst(client, 20)
+        async with handlers.runtime().clients.using(ResolvedConnection(
+                key=ConnectionKey(ConnectionKind.CLUSTER, "main", None), url=url, admin_realm="master",
+                credentials=ADMIN, fingerprint="1")) as client:
+            fake.hold_until(7)
+            await _burst(client, 20)
     finally:
         await handlers.cleanup()
     assert len(fake.connections) == 7

@@ -194,8 +194,11 @@ async def test_a_realm_answer_that_names_another_realm_is_never_written():
         return None
 
     client._ensure_token = logged_in  # type: ignore[method-assign]
-    client._admin.connection.a_raw_get = get
-    client._admin.connection.a_raw_put = put
+
+    async def send(method: str, path: str, body: Any) -> httpx.Response:
+        return await (put(path, json.dumps(body)) if method == "PUT" else get(path))
+
+    client._send = send  # type: ignore[method-assign]
     try:
         reconciler = Reconciler(FakeKube(), FakeClients(client), now=lambda: NOW)  # type: ignore[arg-type]
         result = await reconciler.reconcile(mailconfig())

@@ -8,8 +8,10 @@ test keeps the real KeycloakClient and fakes the HTTP answers python-keycloak ha
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -70,6 +72,10 @@ class FakeKeycloak:
         self.realm: dict[str, Any] = {"realm": "acme", "enabled": True}
         self.writes: list[dict[str, str]] = []
 
+    @contextlib.asynccontextmanager
+    async def one_slot(self) -> AsyncIterator[None]:
+        yield
+
     async def version(self, *, fresh: bool = False) -> Version:
         return self.server_version
 
@@ -90,8 +96,9 @@ class FakeClients:
     def __init__(self, keycloak: FakeKeycloak) -> None:
         self.keycloak = keycloak
 
-    async def get(self, connection: Any) -> Any:
-        return self.keycloak
+    @contextlib.asynccontextmanager
+    async def using(self, connection: Any) -> AsyncIterator[Any]:
+        yield self.keycloak
 
 
 def _mailconfig(auth: dict[str, Any], status: dict[str, Any] | None = None) -> MailConfigObject:
@@ -213,8 +220,11 @@ async def test_a_409_from_a_simultaneous_realm_write_is_retried_not_stalled():
         return None
 
     keycloak._ensure_token = logged_in
-    keycloak._admin.connection.a_raw_get = get
-    keycloak._admin.connection.a_raw_put = put
+
+    async def send(method: str, path: str, body: Any) -> httpx.Response:
+        return await (put(path, json.dumps(body)) if method == "PUT" else get(path))
+
+    keycloak._send = send
     try:
         reconciler = _reconciler(keycloak)
         collided = await reconciler.reconcile(_mailconfig(XOAUTH2_AUTH))

@@ -10,7 +10,7 @@ import pytest
 
 from kcmail.connections import ConnectionFailure, ConnectionKey, ResolvedConnections
 from kcmail.handlers import DiffBaseStorage
-from kcmail.kube import Secret
+from kcmail.kube import Secret, secret_version
 from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.unit
@@ -134,3 +134,19 @@ def test_connections_keep_kopfs_last_handled_configuration():
     patch = kopf.Patch()
     storage.store(body=body, patch=patch, essence=storage.build(body=body))
     assert "kcmail.io/last-handled-configuration" in patch["metadata"]["annotations"]
+
+
+async def test_the_secret_versions_of_the_last_kept_read_outlive_its_entry():
+    kube, clock = CountingKube(), Clock()
+    cache = _cache(kube, clock)
+    assert cache.resolved_version(KEY, "kcmail-system", "admin") is None
+    await cache.get(ConnectionKind.CLUSTER, "shared", "tenant-a")
+    assert cache.resolved_version(KEY, "kcmail-system", "admin") == secret_version("uid", "first")
+
+    clock.now += ResolvedConnections.MAX_AGE_SECONDS + 1
+    cache.forget(KEY)
+    assert cache.resolved_version(KEY, "kcmail-system", "admin") == secret_version("uid", "first")
+    kube.password = "second"
+    await cache.get(ConnectionKind.CLUSTER, "shared", "tenant-a")
+    assert cache.resolved_version(KEY, "kcmail-system", "admin") == secret_version("uid", "second")
+    assert cache.resolved_version(KEY, "kcmail-system", "other") is None

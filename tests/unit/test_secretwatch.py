@@ -12,10 +12,24 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kcmail import cli, handlers, secretwatch
 from kcmail.kube import KubeError, parse_lines
-from kcmail.secretwatch import SecretEvent, SecretEventType, SecretWatch, WatchGone, secrets_path, watch_step
+from kcmail.secretwatch import (
+    HEALTHY_WATCH_SECONDS,
+    RETRY_FIRST_SECONDS,
+    RETRY_MAX_SECONDS,
+    SecretEvent,
+    SecretEventType,
+    SecretWatch,
+    WatchGone,
+    failures_after_watch,
+    retry_delay,
+    secrets_path,
+    watch_step,
+)
 
 
 def _meta(name: str, version: str, namespace: str = "mail") -> dict[str, Any]:
@@ -134,6 +148,84 @@ async def test_a_failure_starts_over_after_a_delay(monkeypatch: pytest.MonkeyPat
     events = await _run(api)
 
     assert [e.type.value for e in events] == ["LISTED", "LISTED", "RELISTED", "RELISTED"]
+
+
+@given(failures=st.integers(min_value=1, max_value=200), jitter=st.floats(min_value=0, max_value=1, exclude_max=True))
+def test_a_retry_delay_is_jittered_between_half_its_ceiling_and_the_ceiling(failures: int, jitter: float) -> None:
+    ceiling = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+    assert ceiling / 2 <= retry_delay(failures, jitter) <= ceiling
+    # Another failure never shortens the longest wait, and the shortest wait keeps growing up to the cap.
+    assert retry_delay(failures + 1, 0) >= retry_delay(failures, 0)
+    assert retry_delay(failures + 1, 0) == min(2 * retry_delay(failures, 0), RETRY_MAX_SECONDS / 2)
+
+
+def test_no_failure_means_no_wait() -> None:
+    assert retry_delay(0, 0.7) == 0
+
+
+@given(failures=st.integers(min_value=0, max_value=50), lasted=st.floats(min_value=0, max_value=1e6),
+       delivered=st.integers(min_value=0, max_value=1000))
+def test_only_a_watch_that_lasted_or_delivered_forgets_the_failures_before_it(failures: int, lasted: float,
+                                                                             delivered: int) -> None:
+    healthy = delivered > 0 or lasted >= HEALTHY_WATCH_SECONDS
+    assert failures_after_watch(failures, lasted=lasted, delivered=delivered) == (0 if healthy else failures)
+
+
+async def _pauses_of(api: ApiDouble, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sleeps the watch took until ``api`` ran out of scripted watches, with the longest jitter."""
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(secretwatch.asyncio, "sleep", sleep)
+    monkeypatch.setattr("random.random", lambda: 0.9999999)
+    await _run(api)
+    return [round(pause, 3) for pause in pauses]
+
+
+async def test_a_watch_that_fails_at_once_after_every_listing_backs_off_more_each_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The listing works, the watch is refused at once: the listing's success must not reset the backoff.
+    api = ApiDouble(PAGES, [ConnectionResetError("refused")] * 8)
+
+    pauses = await _pauses_of(api, monkeypatch)
+
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert len(api.lists) == 2 * 9  # two pages per listing: the first and one after each failure
+
+
+async def test_a_watch_that_delivered_an_event_starts_the_backoff_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = ConnectionResetError("refused")
+
+    class DeliversThenFails(ApiDouble):
+        async def watch_metadata(self, path: str, *, resource_version: str,
+                                 timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:
+            if self.watches and self.watches[0] == "event, then refused":
+                self.watches.pop(0)
+                yield {"type": "ADDED", "object": _meta("c", "30")}
+                raise refused
+            async for line in super().watch_metadata(path, resource_version=resource_version,
+                                                     timeout_seconds=timeout_seconds):
+                yield line
+
+    api = DeliversThenFails(PAGES, [refused, refused, "event, then refused", refused])  # type: ignore[list-item]
+
+    pauses = await _pauses_of(api, monkeypatch)
+
+    assert pauses == [1.0, 2.0, 1.0, 2.0]
+
+
+async def test_a_version_gone_again_right_after_each_listing_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}
+    api = ApiDouble(PAGES, [[gone]] * 4)
+
+    pauses = await _pauses_of(api, monkeypatch)
+
+    # The first gone version is the ordinary kind and is listed again at once; the repeats back off.
+    assert pauses == [1.0, 2.0, 4.0]
 
 
 async def test_a_failing_handler_does_not_stop_the_watch() -> None:

@@ -122,11 +122,15 @@ async def test_stopping_a_loop_ends_it_and_forgets_its_waker_and_state():
 
 
 class _ForgettingConnections:
-    def __init__(self) -> None:
+    def __init__(self, resolved: dict[tuple[object, str, str], str] | None = None) -> None:
         self.forgotten: list[object] = []
+        self.resolved = resolved or {}
 
     def forget(self, key: object) -> None:
         self.forgotten.append(key)
+
+    def resolved_version(self, key: object, namespace: str, name: str) -> str | None:
+        return self.resolved.get((key, namespace, name))
 
 
 @pytest.mark.parametrize(("event_type", "rechecked"), [("LISTED", False), ("RELISTED", True), ("MODIFIED", True)])
@@ -157,3 +161,38 @@ async def test_a_secret_event_wakes_its_users_with_news_and_rechecks_its_connect
     assert [key for key in ("mail/a", "mail/b", "mail/c") if rt.waker(key).is_set()] == (
         ["mail/b", "mail/c"] if rechecked else ["mail/b"])
     assert checked == ([CONNECTION] if rechecked else [])
+
+
+@pytest.mark.parametrize(("event_type", "version", "woken"), [
+    ("RELISTED", "3", False),  # the version the Connection's passes resolved: nothing new
+    ("RELISTED", "4", True),  # changed while the watch had lost its place
+    ("MODIFIED", "4", True),
+    ("MODIFIED", "3", False),  # the passes read it before the watch delivered its change
+])
+async def test_a_connection_secret_wakes_its_users_only_at_a_version_they_did_not_resolve(
+        event_type: str, version: str, woken: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kcmail import handlers
+    from kcmail.connections import ConnectionKey
+    from kcmail.secretwatch import SecretEvent, SecretEventType
+    from kcmail.spec import ConnectionKind
+
+    rt = _runtime()
+    key = ConnectionKey(ConnectionKind.CLUSTER, "main", None)
+    connections = _ForgettingConnections({(key, "mail", "admin"): secret_version("uid-a", "3")})
+    rt.reconciler = type("Reconciler", (), {"connections": connections})()  # type: ignore[assignment]
+    checked: list[tuple[object, ...]] = []
+
+    async def recheck(runtime: Runtime, key: tuple[object, ...]) -> None:
+        checked.append(key)
+
+    monkeypatch.setattr(handlers, "_recheck_connection", recheck)
+    indices = handlers.SecretIndices(secret_users={}, connection_users={CONNECTION: ["mail/c"]},
+                                     namespaced_connection_secrets={},
+                                     cluster_connection_secrets={("mail", "admin"): [CONNECTION]})
+
+    await handlers.secret_changed(rt, indices, SecretEvent(SecretEventType(event_type), "mail", "admin", "uid-a",
+                                                           version))
+
+    assert rt.waker("mail/c").is_set() is woken
+    assert checked == ([CONNECTION] if woken else [])
+    assert connections.forgotten == ([key] if woken else [])
