@@ -55,7 +55,8 @@ class OperatorProcess:
         # The command of operator_env.start_operator, under cProfile (which writes when kopf exits on SIGTERM).
         return self._registry.start("operator", [
             sys.executable, "-m", "cProfile", "-o", str(output), "-m", "kcmail.cli", "run",
-            "--ca-bundle", str(env.ca_file), "--metrics-address", f"127.0.0.1:{self.metrics_port}", *args],
+            "--ca-bundle", str(env.ca_file), "--metrics-address", f"127.0.0.1:{self.metrics_port}",
+            "--no-leader-election", *args],
             env={"KUBECONFIG": str(env.kubeconfig), "PYTHONUNBUFFERED": "1"})
 
     @property

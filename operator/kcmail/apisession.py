@@ -111,12 +111,16 @@ COMMAND_CONNECTIONS = 4
 
 
 @contextlib.asynccontextmanager
-async def logged_in_kube() -> AsyncIterator[Kube]:
-    """A :class:`Kube` logged in as the operator logs in, for the commands that read the cluster once."""
+async def logged_in_kube(connections: int = COMMAND_CONNECTIONS) -> AsyncIterator[Kube]:
+    """A :class:`Kube` logged in as the operator logs in, on a session of its own of ``connections``.
+
+    For the commands that read the cluster once, and for the leader election, whose renewals must never
+    wait behind kopf's requests in the operator's pool.
+    """
     info = login_info(settings=kopf.OperatorSettings(), logger=logging.getLogger(__name__))
-    context = bounded_session(info, COMMAND_CONNECTIONS)
+    context = bounded_session(info, connections)
     kube = Kube()
-    kube.use(context.aiohttp_session, context.server)
+    kube.use(context.aiohttp_session, context.server, token_file=rotating_token_file())
     try:
         yield kube
     finally:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from kcmail import defaults, metrics, probe_cli, redact
 from kcmail.adopt import cli as adopt_cli
 
 # RFC 1123 label, as Kubernetes requires of a namespace's name.
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# RFC 1123 subdomain, as Kubernetes requires of a Lease's name.
+OBJECT_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def import_kopf_alone() -> None:
@@ -67,10 +71,29 @@ def _run(args: argparse.Namespace) -> int:
                                        probe_concurrency=args.probe_concurrency,
                                        keycloak_concurrency=args.keycloak_concurrency,
                                        namespaced_connections=not args.no_namespaced_connections))
-    # Standalone: kopf peering would pause only kopf's own handlers, not the MailConfig loops (kcmail.loops),
-    # so one replica runs at a time (the chart's Deployment has one, replaced with Recreate).
-    kopf.run(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=args.liveness, standalone=True)
+    # Standalone: kopf peering would pause only kopf's own handlers, not the MailConfig loops (kcmail.loops);
+    # the Lease election (kcmail.leader) decides which process runs kopf at all.
+    kopf_options: dict[str, Any] = {"clusterwide": not namespaces, "namespaces": namespaces,
+                                    "liveness_endpoint": args.liveness, "standalone": True}
+    if args.no_leader_election:
+        kopf.run(**kopf_options)
+        return 0
+    # Losing the Lease ends the process at once (exit status 3, kcmail.leader); stopped by a signal while
+    # following, it exits 0 like a leader that stopped.
+    asyncio.run(_lead(args, lambda stop: kopf.operator(stop_flag=stop, **kopf_options)))
     return 0
+
+
+async def _lead(args: argparse.Namespace, operate: Callable[[asyncio.Event], Awaitable[None]]) -> bool:
+    from kcmail import leader
+    from kcmail.apisession import logged_in_kube
+
+    namespace = args.leader_election_namespace or leader.default_namespace(
+        leader.SERVICE_ACCOUNT_NAMESPACE, defaults.LEADER_ELECTION_NAMESPACE)
+    # Two connections: a renewal, and a release while one is in flight.
+    async with logged_in_kube(connections=2) as kube:
+        elector = leader.Elector(kube, namespace, args.leader_election_id, leader.own_identity())
+        return await leader.lead(elector, operate, liveness=args.liveness)
 
 
 def _metrics_address(value: str) -> tuple[str, int] | None:
@@ -85,6 +108,13 @@ def _namespace(value: str) -> str:
     if not NAMESPACE_NAME.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a namespace name (lower-case letters, digits and "
                                          "'-', at most 63, starting and ending with a letter or digit)")
+    return value
+
+
+def _object_name(value: str) -> str:
+    if not OBJECT_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an object name (lower-case letters, digits, '-' and "
+                                         "'.', at most 253, starting and ending with a letter or digit)")
     return value
 
 
@@ -119,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", type=_metrics_address, default=metrics.DEFAULT_ADDRESS,
                      help="serve Prometheus metrics at http://HOST:PORT/metrics; 'off' serves none "
                           f"(default {metrics.DEFAULT_ADDRESS})")
+    run.add_argument("--leader-election-namespace", type=_namespace, metavar="NAMESPACE",
+                     help="namespace of the Lease that elects the one acting operator; default: the pod's own, "
+                          f"outside a cluster {defaults.LEADER_ELECTION_NAMESPACE}")
+    run.add_argument("--leader-election-id", type=_object_name, default=defaults.LEADER_ELECTION_ID, metavar="NAME",
+                     help="name of that Lease: every `kcmail run` with the same Lease takes part in one election "
+                          "(default %(default)s)")
+    run.add_argument("--no-leader-election", action="store_true",
+                     help="act at once without a Lease; only where no other kcmail can run (tests, benchmarks)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="text lines (default) or one JSON object per line, for log collectors")

@@ -12,3 +12,10 @@ PROBE_CONCURRENCY = 10
 # flight, and a burst is served cheapest per call at around 32 (`python -m bench --keycloak-concurrency N`
 # measures another bound).
 KEYCLOAK_CONCURRENCY = 32
+
+# The Lease that elects one acting operator (`kcmail run --leader-election-id`). Every `kcmail run` with the
+# same Lease takes part in one election, so the chart and a laptop run share these defaults.
+LEADER_ELECTION_ID = "kcmail"
+# Outside a cluster, where no service account names the pod's namespace: the namespace docs/install.md
+# installs the chart into.
+LEADER_ELECTION_NAMESPACE = "kcmail-system"

@@ -135,6 +135,22 @@ class Kube:
         await self._call("PATCH", custom_object_path(plural, name, namespace) + "/status",
                          body={"status": dict(status)}, content_type="application/merge-patch+json")
 
+    async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The coordination.k8s.io Lease ``namespace/name``, or None when there is none."""
+        return await self._read(lease_path(namespace, name))
+
+    async def create_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a Lease; HTTP 409 (a ``KubeError``) when another process created it first."""
+        created: dict[str, Any] = json.loads(await self._call("POST", lease_path(namespace), body=lease,
+                                                              content_type="application/json"))
+        return created
+
+    async def replace_lease(self, namespace: str, name: str, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a Lease; its ``metadata.resourceVersion`` must be the one last read, else HTTP 409."""
+        replaced: dict[str, Any] = json.loads(await self._call("PUT", lease_path(namespace, name), body=lease,
+                                                               content_type="application/json"))
+        return replaced
+
     async def list_metadata(self, path: str, *, limit: int, continue_token: str | None) -> dict[str, Any]:
         """One page of the objects under ``path``, metadata only."""
         query = {"limit": str(limit), **({"continue": continue_token} if continue_token else {})}
@@ -211,6 +227,12 @@ def custom_object_path(plural: str, name: str, namespace: str | None) -> str:
     """The API path of a kcmail.io object; ``namespace`` ``None`` for a cluster-scoped kind."""
     scope = "" if namespace is None else f"/namespaces/{_segment(namespace)}"
     return f"/apis/{GROUP}/{VERSION}{scope}/{plural}/{_segment(name)}"
+
+
+def lease_path(namespace: str, name: str | None = None) -> str:
+    """The API path of a Lease, or of the namespace's Leases when ``name`` is None."""
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{_segment(namespace)}/leases"
+    return leases if name is None else f"{leases}/{_segment(name)}"
 
 
 def _segment(value: str) -> str:

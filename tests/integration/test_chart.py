@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kcmail import metrics
+from kcmail import defaults, metrics
 from kcmail.devenv import components, operator_env, versions
 from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
@@ -97,6 +97,7 @@ def value_sets(ns: Namespaces) -> dict[str, dict[str, Any]]:
                                             "metrics": {"enabled": False}},
         "namespaced-debug": {"watchNamespaces": [ns.watched, ns.unwatched], "logging": {"level": "debug"},
                              "rbac": {"scope": "namespaced"}},
+        "one-replica-own-lease": {"replicas": 1, "leaderElection": {"id": "kcmail-tenants"}},
     }
 
 
@@ -173,6 +174,8 @@ def test_chart_refuses_contradictory_values(helm, devenv, tmp_path):
         "rbac/scope": {"rbac": {"scope": "everything"}},
         "keycloakConcurrency": {"keycloakConcurrency": 0},
         "namespacedConnections": {"namespacedConnections": "no"},
+        "/replicas": {"replicas": 0},
+        "/leaderElection/id": {"leaderElection": {"id": "Bad_Name"}},
     }
     for message, values in cases.items():
         result = subprocess.run([str(helm), "template", "x", str(CHART), "--kube-version", devenv.kubernetes_version,
@@ -182,13 +185,15 @@ def test_chart_refuses_contradictory_values(helm, devenv, tmp_path):
         assert message in result.stderr, result.stderr
 
 
-def test_deployment_runs_one_hardened_replica_with_the_chart_values(helm, devenv, namespaces, tmp_path):
+def test_deployment_runs_two_hardened_replicas_with_the_chart_values(helm, devenv, namespaces, tmp_path):
     docs = render(helm, devenv, tmp_path, {"watchNamespaces": ["one", "two"], "caBundle": {"secret": "corp-ca"},
                                            "probeConcurrency": 3, "keycloakConcurrency": 48},
                   release="r", namespace=namespaces.release)
     (deployment,) = _of_kind(docs, "Deployment")
     spec = deployment["spec"]
-    assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")
+    # Two replicas, elected on a Lease; a rolling update never takes the running ones away first.
+    assert (spec["replicas"], spec["strategy"]["type"]) == (2, "RollingUpdate")
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     container = _container(docs)
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -201,12 +206,26 @@ def test_deployment_runs_one_hardened_replica_with_the_chart_values(helm, devenv
     assert container["args"][:2] == ["run", "--liveness=http://0.0.0.0:8081/healthz"]
     assert "--probe-concurrency=3" in container["args"]
     assert "--keycloak-concurrency=48" in container["args"]
+    # The Lease in the release namespace, under the name a laptop `kcmail run` uses by default.
+    assert f"--leader-election-namespace={namespaces.release}" in container["args"]
+    assert f"--leader-election-id={defaults.LEADER_ELECTION_ID}" in container["args"]
     assert "--no-namespaced-connections" not in container["args"]
     assert [a for a in container["args"] if a.startswith("--namespace=")] == ["--namespace=one", "--namespace=two"]
     assert "--ca-bundle=/etc/kcmail/ca/ca.crt" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     (ca_volume,) = [v for v in pod["volumes"] if v["name"] == "ca-bundle"]
     assert ca_volume["secret"]["secretName"] == "corp-ca"
+
+
+def test_a_disruption_budget_keeps_a_follower_through_a_drain_when_there_are_two(helm, devenv, namespaces, tmp_path):
+    docs = render(helm, devenv, tmp_path, {}, release="r", namespace=namespaces.release)
+    (budget,) = _of_kind(docs, "PodDisruptionBudget")
+    (deployment,) = _of_kind(docs, "Deployment")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    # One replica: a budget of one would block every drain of its node.
+    single = render(helm, devenv, tmp_path, {"replicas": 1}, release="r", namespace=namespaces.release)
+    assert _of_kind(single, "PodDisruptionBudget") == []
 
 
 def test_namespaced_connections_can_be_refused(helm, devenv, namespaces, tmp_path):
@@ -271,7 +290,10 @@ def test_rbac_grants_only_the_verbs_the_operator_uses(scope, helm, devenv, names
     assert writes == {("patch", "mailconfigs"), ("patch", "keycloakconnections"),
                       ("patch", "clusterkeycloakconnections"), ("patch", "mailconfigs/status"),
                       ("patch", "keycloakconnections/status"), ("patch", "clusterkeycloakconnections/status"),
-                      ("create", "events"), ("patch", "events")}
+                      ("create", "events"), ("patch", "events"), ("create", "leases"), ("update", "leases")}
+    # The Lease is the operator's own, in the release namespace alone.
+    assert {namespace for _, group, resource, namespace in rules if resource == "leases"} == {namespaces.release}
+    assert {group for _, group, resource, _ in rules if resource == "leases"} == {"coordination.k8s.io"}
     secret_verbs = {verb for verb, _, resource, _ in rules if resource == "secrets"}
     assert secret_verbs == {"get", "list", "watch"}
 
@@ -392,6 +414,8 @@ def test_operator_with_only_the_chart_rbac_brings_a_mailconfig_to_ready(scope, h
         raise AssertionError(f"{failure}\noperator log:\n{process.log.read_text(errors='replace')[-4000:]}") from None
     log = process.log.read_text(errors="replace")
     assert _permission_errors(log) == [], log[-4000:]
+    # It led on the Lease the chart's RBAC grants, where a laptop run would find it.
+    assert f"leading: holding Lease {namespaces.release}/{defaults.LEADER_ELECTION_ID}" in log
     if values["logging"]["format"] == "json":
         lines = [json.loads(line) for line in log.splitlines()]
         assert any(f"{namespaces.watched}/{name}: reconciled: Ready=True" in line["message"] for line in lines)

@@ -155,8 +155,9 @@ def test_run_refuses_namespaced_connections_on_request_and_installs_the_log_reda
     given: list[OperatorOptions] = []
     monkeypatch.setattr(handlers, "configure", given.append)
     monkeypatch.setattr(kopf, "run", lambda **_: None)
-    assert cli.main(["run", "-v", "--metrics-address", "off", "--no-namespaced-connections"]) == 0
-    assert cli.main(["run", "-v", "--metrics-address", "off"]) == 0
+    assert cli.main(["run", "-v", "--no-leader-election", "--metrics-address", "off",
+                     "--no-namespaced-connections"]) == 0
+    assert cli.main(["run", "-v", "--no-leader-election", "--metrics-address", "off"]) == 0
     assert [options.namespaced_connections for options in given] == [False, True]
     handlers_with_filter = [h for h in logging.getLogger().handlers
                             if any(isinstance(f, RedactingFilter) for f in h.filters)]

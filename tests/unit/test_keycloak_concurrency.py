@@ -93,8 +93,9 @@ def test_run_hands_the_keycloak_bound_to_the_operator(monkeypatch):
     monkeypatch.setattr(handlers, "configure", given.append)
     monkeypatch.setattr(kopf, "run", lambda **_: None)
     # -v: the quiet default would set the httpx and kopf loggers' levels for the whole test session.
-    assert cli.main(["run", "-v", "--metrics-address", "off", "--keycloak-concurrency", "48"]) == 0
-    assert cli.main(["run", "-v", "--metrics-address", "off"]) == 0
+    assert cli.main(["run", "-v", "--no-leader-election", "--metrics-address", "off",
+                     "--keycloak-concurrency", "48"]) == 0
+    assert cli.main(["run", "-v", "--no-leader-election", "--metrics-address", "off"]) == 0
     assert [options.keycloak_concurrency for options in given] == [48, defaults.KEYCLOAK_CONCURRENCY]
     assert OperatorOptions().keycloak_concurrency == defaults.KEYCLOAK_CONCURRENCY
 

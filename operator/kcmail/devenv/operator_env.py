@@ -120,14 +120,20 @@ def issuer_secret(env: Environment, namespace: str, name: str) -> dict[str, Any]
 
 
 def start_operator(env: Environment, registry: ProcessRegistry, *, name: str = "operator",
-                   args: Sequence[str] = (), metrics_port: int | None = None) -> ServerProcess:
+                   args: Sequence[str] = (), metrics_port: int | None = None,
+                   leader_election: bool = False) -> ServerProcess:
     """`kcmail run` against the environment's API server, its log in the state directory.
 
     Its metrics are served on 127.0.0.1:``metrics_port``, by default a free port: operators started side
     by side never compete for the default 8080, nor listen beyond loopback.
+
+    Without ``leader_election`` it acts at once (``--no-leader-election``): the tests and benchmarks that
+    run one operator, or a namespaced one beside it, neither wait for nor hold back each other, and one
+    stopped with SIGKILL leaves no Lease to wait out.
     """
     metrics = f"127.0.0.1:{metrics_port or free_port()}"
+    election = () if leader_election else ("--no-leader-election",)
     # The operator trusts the environment's CA as a cluster's operator trusts its CA bundle.
     return registry.start(name, [sys.executable, "-m", "kcmail.cli", "run", "--ca-bundle", str(env.ca_file),
-                                 "--metrics-address", metrics, *args],
+                                 "--metrics-address", metrics, *election, *args],
                           env={"KUBECONFIG": str(env.kubeconfig), "PYTHONUNBUFFERED": "1"})
