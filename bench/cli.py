@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import latency, machine, memory, report, scale
+from bench import failover, latency, machine, memory, report, scale
 from bench.cluster import LABEL, Cluster
 from bench.context import FULL, QUICK, Bench, Sizes, say
 from bench.floor import BareAdmin, create_realms
@@ -27,7 +27,7 @@ from kcmail.devenv import environment, operator_env
 from kcmail.devenv.environment import Environment
 from kcmail.devenv.keycloak_server import HEAP_VARIABLE
 
-MEASURES = ("change", "rotation", "memory", "scale")
+MEASURES = ("change", "rotation", "failover", "memory", "scale")
 DEFAULT_OUTPUT = machine.REPO / "docs" / "benchmarks.md"
 # What the numbers that missed their goals were traced to, and what changed: kept by hand, shown under the table.
 FINDINGS = Path(__file__).with_name("findings.md")
@@ -161,6 +161,10 @@ def run(env: Environment, sizes: Sizes, state_dir: Path, chosen: set[str], *,
                 levels.append({"label": "0 MailConfigs", **level})
         if chosen & {"change", "rotation"}:
             _latency(b, chosen, measures, attempt)
+        if "failover" in chosen:
+            result = attempt("failover", lambda: failover.failover(b))
+            if result:
+                measures["failover"] = result
         if "memory" in chosen:
             level = attempt("memory", lambda: memory.small(b))
             if level:
@@ -226,6 +230,8 @@ def _clean_up(b: Bench) -> None:
 
 def _realms(b: Bench, chosen: set[str]) -> dict[str, Any]:
     wanted = latency.extra_realms() if chosen & {"change", "rotation"} else []
+    if "failover" in chosen:
+        wanted += failover.extra_realms()
     if chosen & {"scale", "memory"}:
         wanted += scale.realms(b)[: b.sizes.mailconfigs if "scale" in chosen else b.sizes.small]
     say(f"creating {len(wanted)} realms in Keycloak (set-up, not measured against the operator)")

@@ -34,6 +34,9 @@ class Sizes:
     interval_seconds: int
     probe_concurrency: int
     floor_concurrency: tuple[int, ...]
+    # Two replicas on a Lease: changes counted for writes, then leaders killed, one at a time.
+    replica_changes: int = 5
+    failovers: int = 3
     # The operator's --keycloak-concurrency: its own default unless an investigation sets another.
     keycloak_concurrency: int = KEYCLOAK_CONCURRENCY
 
@@ -47,9 +50,11 @@ class Sizes:
 
 
 QUICK = Sizes(mode="quick", changes=5, rotations=3, mailconfigs=20, per_namespace=10, small=10,
-              unrelated_secrets=200, interval_seconds=30, probe_concurrency=4, floor_concurrency=(8,))
+              unrelated_secrets=200, interval_seconds=30, probe_concurrency=4, floor_concurrency=(8,),
+              replica_changes=3, failovers=1)
 FULL = Sizes(mode="full", changes=50, rotations=20, mailconfigs=1000, per_namespace=100, small=100,
-             unrelated_secrets=10_000, interval_seconds=300, probe_concurrency=10, floor_concurrency=(8, 32))
+             unrelated_secrets=10_000, interval_seconds=300, probe_concurrency=10, floor_concurrency=(8, 32),
+             replica_changes=10, failovers=5)
 
 
 @dataclass
@@ -63,15 +68,17 @@ class Bench:
     smtp: SmtpLog
     operators: list[OperatorProcess] = field(default_factory=list)
 
-    def start_operator(self, *, settle: bool = True) -> OperatorProcess:
+    def start_operator(self, *, settle: bool = True, election_namespace: str | None = None) -> OperatorProcess:
         """A fresh `kcmail run`, each in its own state directory (its log stays for a post-mortem).
 
         With ``settle`` it is given a few seconds to list the cluster, so that what follows meets a
-        running operator, as in production, rather than one still starting.
+        running operator, as in production, rather than one still starting. ``election_namespace``: see
+        :class:`OperatorProcess`.
         """
         operator = OperatorProcess(self.env, self.state_dir / "operators" / f"{len(self.operators) + 1:02d}",
                                    probe_concurrency=self.sizes.probe_concurrency,
-                                   keycloak_concurrency=self.sizes.keycloak_concurrency)
+                                   keycloak_concurrency=self.sizes.keycloak_concurrency,
+                                   election_namespace=election_namespace)
         self.operators.append(operator)
         operator.wait_started()
         if settle:

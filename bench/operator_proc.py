@@ -37,16 +37,20 @@ class OperatorProcess:
     """
 
     def __init__(self, env: Environment, state_dir: Path, *, probe_concurrency: int,
-                 keycloak_concurrency: int) -> None:
+                 keycloak_concurrency: int, election_namespace: str | None = None) -> None:
+        """With ``election_namespace`` the operator watches only that namespace and acts only while it holds
+        the Lease there, as the chart's replicas do; otherwise it acts at once, cluster-wide."""
         self._registry = ProcessRegistry(state_dir)
         self.metrics_port = free_port()
         args = run_args(probe_concurrency=probe_concurrency, keycloak_concurrency=keycloak_concurrency)
+        if election_namespace is not None:
+            args += ["-n", election_namespace, "--leader-election-namespace", election_namespace]
         profile = os.environ.get(PROFILE_VARIABLE)
-        if profile:
+        if profile and election_namespace is None:
             self.process = self._profiled(env, state_dir, Path(profile), args)
         else:
             self.process = operator_env.start_operator(env, self._registry, metrics_port=self.metrics_port,
-                                                       args=args)
+                                                       args=args, leader_election=election_namespace is not None)
         self._http = httpx.Client(base_url=f"http://127.0.0.1:{self.metrics_port}", timeout=10)
 
     def _profiled(self, env: Environment, state_dir: Path, profiles: Path, args: list[str]) -> ServerProcess:

@@ -12,6 +12,7 @@ TITLES = {
     "steady_state": "4. Steady state",
     "memory": "5. Memory",
     "probe_load": "6. Probe load",
+    "failover": "7. Two replicas, failover",
 }
 
 
@@ -59,6 +60,10 @@ def _row(name: str, m: Mapping[str, Any]) -> tuple[str, str, str, str]:
                 "of the probes",
                 f"{m['token_grants_floor']} token grants; 10 % per tenth",
                 _ratio(m['token_grants'] / m['token_grants_floor']) if m["token_grants_floor"] else "—", m["goal"])
+    if name == "failover":
+        return (f"{m['writes_per_change']:.2f} writes per change ({m['writes']} for {m['changes']}); leader killed "
+                f"→ change applied: {_p(m['failover'])}",
+                "1 write per change", "—", m["goal"])
     return "—", "—", "—", str(m.get("goal", "—"))
 
 

@@ -19,7 +19,7 @@ from kcmail.devenv.environment import ENV_FILE, Environment
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-MEASURES = ("change_latency", "rotation_latency", "scale", "steady_state", "memory", "probe_load")
+MEASURES = ("change_latency", "rotation_latency", "scale", "steady_state", "memory", "probe_load", "failover")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,9 @@ def test_quick_mode_measures_everything_and_writes_the_table(quick_run):
     assert measures["probe_load"]["token_grants"] >= 1
     assert measures["probe_load"]["smtp_sessions"] >= 1
     assert [level["mailconfigs"] for level in measures["memory"]["levels"]][:2] == [0, sizes["small"]]
+    # Two replicas on a Lease: the follower wrote nothing, and took over from a killed leader.
+    assert measures["failover"]["writes"] == sizes["replica_changes"]
+    assert measures["failover"]["failover"]["n"] == sizes["failovers"]
     assert all(level["peak_rss"] > 0 for level in measures["memory"]["levels"])
     for key in ("cpus", "cpu_model", "memory_gib", "load_average"):
         assert results["machine"][key]
@@ -63,7 +66,8 @@ def test_quick_mode_measures_everything_and_writes_the_table(quick_run):
 
     rows = [line for line in page.splitlines() if line.startswith("| ") and line[2:3].isdigit()]
     assert [row.split(" | ")[0] for row in rows] == ["| 1. Change latency", "| 2. Rotation latency", "| 3. Scale",
-                                                      "| 4. Steady state", "| 5. Memory", "| 6. Probe load"]
+                                                      "| 4. Steady state", "| 5. Memory", "| 6. Probe load",
+                                                      "| 7. Two replicas, failover"]
     assert all(row.count(" | ") == 5 for row in rows)
     assert "**Quick mode**" in page
     assert results["command"] in page

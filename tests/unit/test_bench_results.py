@@ -134,3 +134,14 @@ def test_a_keycloak_concurrency_investigation_reaches_the_operator_and_the_resul
     assert default.__dict__["keycloak_concurrency"] == KEYCLOAK_CONCURRENCY
     # At the operator's default the operator is started without the flag.
     assert run_args(probe_concurrency=4, keycloak_concurrency=KEYCLOAK_CONCURRENCY) == ["--probe-concurrency", "4"]
+
+
+def test_the_failover_row_gives_writes_per_change_and_the_takeover_time():
+    results = _results("full", 0.3)
+    took = {"n": 5, "p50": 17.2, "p95": 18.9, "min": 16.1, "max": 18.9, "samples": []}
+    results["measures"]["failover"] = {"writes": 10, "changes": 10, "writes_per_change": 1.0, "failover": took,
+                                       "goal": "g", "met": True, "timing": "how"}
+    (row,) = [line for line in report.render(results).splitlines() if line.startswith("| 7.")]
+    assert row.startswith("| 7. Two replicas, failover | 1.00 writes per change (10 for 10); leader killed → "
+                          "change applied: p50 17.20 s, p95 18.90 s (n=5) | 1 write per change |")
+    assert row.endswith("| met |")
