@@ -7,10 +7,17 @@ tests never see each other's objects.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +27,66 @@ from kcmail.devenv import operator_env
 from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
 from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, port_open, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class QuickBench:
+    """`python -m bench --quick`, started when collection ends: it brings up an environment of its own and
+    spends most of its minutes waiting on it, so it runs beside the other tests rather than after them."""
+
+    process: subprocess.Popen[str]
+    out: Path
+
+    @classmethod
+    def start(cls) -> QuickBench:
+        out = Path(tempfile.mkdtemp(prefix="kcmail-quick-bench-"))
+        # Never the session's environment: another operator there would reconcile its MailConfigs.
+        env = {key: value for key, value in os.environ.items() if key != "KCMAIL_DEVENV_FILE"}
+        with (out / "bench.log").open("w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "bench", "--quick", "--state-dir", str(out / "state"),
+                                        "--output", str(out / "benchmarks.md")], cwd=REPO, env=env, text=True,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return cls(process, out)
+
+    def result(self, timeout: float) -> tuple[int, str]:
+        """Its exit status and the end of its output, once it has finished."""
+        code = self.process.wait(timeout=timeout)
+        return code, (self.out / "bench.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        """Interrupt a run the session no longer waits for; SIGINT lets it stop its environment first."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+_quick_bench: QuickBench | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _quick_bench
+    wanted = any(item.nodeid.startswith("tests/e2e/test_bench_quick.py") for item in session.items)
+    if wanted and not session.config.option.collectonly:
+        _quick_bench = QuickBench.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _quick_bench is not None:
+        _quick_bench.stop()
+        shutil.rmtree(_quick_bench.out, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def quick_bench() -> QuickBench:
+    if _quick_bench is None:
+        pytest.fail("the quick benchmark was not started at collection (pytest_collection_finish)")
+    return _quick_bench
 
 
 @dataclass

@@ -7,9 +7,6 @@ servers and produced the numbers the table reports, and that none of the run's s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,19 +15,15 @@ from kcmail.devenv.environment import ENV_FILE, Environment
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 MEASURES = ("change_latency", "rotation_latency", "scale", "steady_state", "memory", "probe_load", "failover")
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
-    out = tmp_path_factory.mktemp("bench")
-    # Its own environment, never the session's: another operator there would reconcile its MailConfigs.
-    env = {key: value for key, value in os.environ.items() if key != "KCMAIL_DEVENV_FILE"}
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--state-dir", str(out / "state"),
-                             "--output", str(out / "benchmarks.md")], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=1800, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
+def quick_run(quick_bench) -> tuple[dict, str, Path]:
+    # Started when collection ended (conftest.QuickBench), so that it ran beside the tests before this one.
+    code, output = quick_bench.result(timeout=1800)
+    assert code == 0, output
+    out = quick_bench.out
     return json.loads((out / "benchmarks.json").read_text()), (out / "benchmarks.md").read_text(), out
 
 
