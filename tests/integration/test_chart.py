@@ -505,10 +505,16 @@ def test_an_operator_held_to_its_namespace_says_what_it_may_not_read_or_use(helm
     registry.stop_all()
     assert KeycloakAdminAPI(devenv).realm(realm).get("smtpServer") in (None, {})
     # Neither Connection led kcmail to Keycloak: the namespaced one is refused unread, the cluster one unreadable.
-    # (The access log does record requests: the test's own read of the realm just now is in it.)
-    with devenv.keycloak_log.open(errors="replace") as log:
-        log.seek(keycloak_log_start)
-        requests = [line for line in log if '"GET /admin/realms/' in line or '"POST /' in line]
+    # (The access log does record requests: the test's own read of the realm just now is in it, once Keycloak
+    # has written its access-log line, which may come a moment after the answer.)
+    deadline = time.monotonic() + 10
+    while True:
+        with devenv.keycloak_log.open(errors="replace") as log:
+            log.seek(keycloak_log_start)
+            requests = [line for line in log if '"GET /admin/realms/' in line or '"POST /' in line]
+        if any(f"/admin/realms/{realm} " in line for line in requests) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert any(f"/admin/realms/{realm} " in line for line in requests)
     assert [line for line in requests if '"kcmail/' in line] == []
 
