@@ -111,6 +111,10 @@ class KeycloakCounts:
                                "--metrics-enabled; restart the environment")
         return samples
 
+    def requests(self, *, method: str | None = None, uri: str | None = None) -> int:
+        """Requests Keycloak has answered since it started, by method and URI template."""
+        return Delta(self.scrape()).requests(method=method, uri=uri)
+
     def delta(self, before: Counter[Series]) -> Delta:
         after = self.scrape()
         return Delta({key: after[key] - before.get(key, 0.0) for key in after})

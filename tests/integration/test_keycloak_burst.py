@@ -12,23 +12,22 @@ import re
 
 import httpx
 import pytest
+from bench.keycloak_counts import KeycloakCounts
 
 from kcmail.devenv.certs import client_context
 from kcmail.keycloak import AdminCredentials, KeycloakClient
 
 pytestmark = pytest.mark.integration
 
-_SERVERINFO = re.compile(r'^http_server_requests_seconds_count\{[^}]*method="GET"[^}]*uri="/admin/serverinfo"[^}]*\}'
-                         r"\s+(\S+)$", re.MULTILINE)
-
 
 def _serverinfo_reads(devenv) -> int:
     if not devenv.keycloak_management_url:
         pytest.skip("this environment predates Keycloak's metrics: restart it with `kcmail dev down` and `up`")
-    response = httpx.get(f"{devenv.keycloak_management_url}/metrics", verify=client_context(devenv.ca_file),
-                         timeout=30)
-    response.raise_for_status()
-    return int(sum(float(value) for value in _SERVERINFO.findall(response.text)))
+    counts = KeycloakCounts(devenv.keycloak_management_url, devenv.ca_file)
+    try:
+        return counts.requests(method="GET", uri="/admin/serverinfo")
+    finally:
+        counts.close()
 
 
 async def test_fifty_passes_asking_for_the_version_at_once_cost_keycloak_one_read(devenv):

@@ -8,10 +8,10 @@ the server's own.
 from __future__ import annotations
 
 import asyncio
-import re
 
 import httpx
 import pytest
+from bench.keycloak_counts import KeycloakCounts
 
 from kcmail.connections import ConnectionKey, KeycloakClients, ResolvedConnection
 from kcmail.devenv.certs import client_context
@@ -20,18 +20,17 @@ from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.integration
 
-_TOKEN_REQUESTS = re.compile(r'^http_server_requests_seconds_count\{[^}]*method="POST"[^}]*'
-                             r'uri="/realms/\{realm\}/protocol/\{protocol\}/token"[^}]*\}\s+(\S+)$', re.MULTILINE)
 CALLERS = 50
 
 
 def _token_requests(devenv) -> int:
     if not devenv.keycloak_management_url:
         pytest.skip("this environment predates Keycloak's metrics: restart it with `kcmail dev down` and `up`")
-    response = httpx.get(f"{devenv.keycloak_management_url}/metrics", verify=client_context(devenv.ca_file),
-                         timeout=30)
-    response.raise_for_status()
-    return int(sum(float(value) for value in _TOKEN_REQUESTS.findall(response.text)))
+    counts = KeycloakCounts(devenv.keycloak_management_url, devenv.ca_file)
+    try:
+        return counts.requests(method="POST", uri="/realms/{realm}/protocol/{protocol}/token")
+    finally:
+        counts.close()
 
 
 def _admin(devenv) -> AdminCredentials:
