@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from kcmail import handlers
-    from kcmail.runtime import OperatorOptions
+    from kcmail.options import OperatorOptions, shard_selector
 
     if args.log_format == "json":
         # One JSON object per line; kopf's lines about one Kubernetes object carry it under "object".
@@ -70,9 +70,12 @@ def _run(args: argparse.Namespace) -> int:
     handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness,
                                        probe_concurrency=args.probe_concurrency,
                                        keycloak_concurrency=args.keycloak_concurrency,
-                                       namespaced_connections=not args.no_namespaced_connections))
-    # Standalone: kopf peering would pause only kopf's own handlers, not the MailConfig loops (kcmail.loops);
-    # the Lease election (kcmail.leader) decides which process runs kopf at all.
+                                       namespaced_connections=not args.no_namespaced_connections,
+                                       workers=args.workers,
+                                       mailconfig_selector=shard_selector(args.shard,
+                                                                          exclude_sharded=args.exclude_sharded)))
+    # Standalone: kopf peering would pause only kopf's own handlers, not kcmail's MailConfig watch and work
+    # queue (kcmail.controller); the Lease election (kcmail.leader) decides which process runs kopf at all.
     kopf_options: dict[str, Any] = {"clusterwide": not namespaces, "namespaces": namespaces,
                                     "liveness_endpoint": args.liveness, "standalone": True}
     if args.no_leader_election:
@@ -92,8 +95,24 @@ async def _lead(args: argparse.Namespace, operate: Callable[[asyncio.Event], Awa
         leader.SERVICE_ACCOUNT_NAMESPACE, defaults.LEADER_ELECTION_NAMESPACE)
     # Two connections: a renewal, and a release while one is in flight.
     async with logged_in_kube(connections=2) as kube:
-        elector = leader.Elector(kube, namespace, args.leader_election_id, leader.own_identity())
+        elector = leader.Elector(kube, namespace, lease_name(args.leader_election_id, args.shard),
+                                 leader.own_identity())
         return await leader.lead(elector, operate, liveness=args.liveness)
+
+
+def lease_name(leader_election_id: str | None, shard: str | None) -> str:
+    """The Lease of this process's election: each shard elects its own leader (pure)."""
+    if leader_election_id is not None:
+        return leader_election_id
+    return defaults.LEADER_ELECTION_ID if shard is None else f"{defaults.LEADER_ELECTION_ID}-shard-{shard}"
+
+
+def _shard(value: str) -> str:
+    """A shard's name: a label value that also fits in the name of its Lease."""
+    if not NAMESPACE_NAME.fullmatch(value) or len(value) > 50:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a shard name (lower-case letters, digits and '-', at "
+                                         "most 50, starting and ending with a letter or digit)")
+    return value
 
 
 def _metrics_address(value: str) -> tuple[str, int] | None:
@@ -152,9 +171,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--leader-election-namespace", type=_namespace, metavar="NAMESPACE",
                      help="namespace of the Lease that elects the one acting operator; default: the pod's own, "
                           f"outside a cluster {defaults.LEADER_ELECTION_NAMESPACE}")
-    run.add_argument("--leader-election-id", type=_object_name, default=defaults.LEADER_ELECTION_ID, metavar="NAME",
+    run.add_argument("--leader-election-id", type=_object_name, default=None, metavar="NAME",
                      help="name of that Lease: every `kcmail run` with the same Lease takes part in one election "
-                          "(default %(default)s)")
+                          f"(default {defaults.LEADER_ELECTION_ID}, or {defaults.LEADER_ELECTION_ID}-shard-NAME "
+                          "with --shard)")
+    run.add_argument("--workers", type=_positive_int, default=defaults.WORKERS, metavar="N",
+                     help="MailConfig passes running at once (default %(default)s)")
+    sharding = run.add_mutually_exclusive_group()
+    sharding.add_argument("--shard", type=_shard, metavar="NAME",
+                          help="act only on MailConfigs labelled kcmail.io/shard=NAME (the API server filters "
+                               "them), with a Lease of the shard's own")
+    sharding.add_argument("--exclude-sharded", action="store_true",
+                          help="act only on MailConfigs without a kcmail.io/shard label: the default shard "
+                               "beside operators run with --shard")
     run.add_argument("--no-leader-election", action="store_true",
                      help="act at once without a Lease; only where no other kcmail can run (tests, benchmarks)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")

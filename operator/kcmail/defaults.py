@@ -19,3 +19,8 @@ LEADER_ELECTION_ID = "kcmail"
 # Outside a cluster, where no service account names the pod's namespace: the namespace docs/install.md
 # installs the chart into.
 LEADER_ELECTION_NAMESPACE = "kcmail-system"
+
+# Passes of different MailConfigs running at once (the work queue's workers). A pass holds its worker while
+# it waits for Keycloak and for its probe, so this is at least the probe bound plus room for the passes
+# that only read their realm.
+WORKERS = 24

@@ -101,11 +101,17 @@ class Kube:
         self._server = ""
         self._token: TokenFile | None = None
         self._limit = asyncio.Semaphore(CONCURRENT_REQUESTS)
+        self._ready = asyncio.Event()
 
     def use(self, session: aiohttp.ClientSession, server: str, *, token_file: Path | None = None) -> None:
         """The session to send requests on; ``token_file``: a service-account token to read per request."""
         self._session, self._server = session, server.rstrip("/")
         self._token = None if token_file is None else TokenFile(token_file)
+        self._ready.set()
+
+    async def logged_in(self) -> None:
+        """Returns once kopf's login gave a session to send requests on."""
+        await self._ready.wait()
 
     async def secret(self, namespace: str, name: str) -> Secret | None:
         raw = await self._read(f"/api/v1/namespaces/{_segment(namespace)}/secrets/{_segment(name)}")
@@ -135,6 +141,17 @@ class Kube:
         await self._call("PATCH", custom_object_path(plural, name, namespace) + "/status",
                          body={"status": dict(status)}, content_type="application/merge-patch+json")
 
+    async def patch_json(self, plural: str, name: str, namespace: str | None, operations: list[dict[str, Any]]) -> None:
+        """A JSON patch (RFC 6902) of a kcmail.io object: a failed ``test`` operation answers HTTP 422."""
+        await self._call("PATCH", custom_object_path(plural, name, namespace), body=operations,
+                         content_type="application/json-patch+json")
+
+    async def post_event(self, event: Mapping[str, Any]) -> None:
+        """Create a core/v1 Event in the namespace of the object it is about."""
+        namespace = (event.get("involvedObject") or {}).get("namespace") or "default"
+        await self._call("POST", f"/api/v1/namespaces/{_segment(namespace)}/events", body=event,
+                         content_type="application/json")
+
     async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The coordination.k8s.io Lease ``namespace/name``, or None when there is none."""
         return await self._read(lease_path(namespace, name))
@@ -153,21 +170,35 @@ class Kube:
 
     async def list_metadata(self, path: str, *, limit: int, continue_token: str | None) -> dict[str, Any]:
         """One page of the objects under ``path``, metadata only."""
-        query = {"limit": str(limit), **({"continue": continue_token} if continue_token else {})}
+        return await self.list_objects(path, limit=limit, continue_token=continue_token, accept=METADATA_LIST)
+
+    async def list_objects(self, path: str, *, limit: int, continue_token: str | None, selector: str = "",
+                           accept: str = "application/json") -> dict[str, Any]:
+        """One page of the objects under ``path`` (those ``selector`` matches, when given)."""
+        query = {"limit": str(limit), **({"continue": continue_token} if continue_token else {}),
+                 **({"labelSelector": selector} if selector else {})}
         parsed: dict[str, Any] = json.loads(await self._call("GET", f"{path}?{urllib.parse.urlencode(query)}",
-                                                             accept=METADATA_LIST))
+                                                             accept=accept))
         return parsed
 
-    async def watch_metadata(self, path: str, *, resource_version: str,
-                             timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:
-        """The watch events after ``resource_version``, metadata only, until the API server ends the watch.
+    def watch_metadata(self, path: str, *, resource_version: str,
+                       timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:
+        """The watch events after ``resource_version``, metadata only, until the API server ends the watch."""
+        return self.watch_objects(path, resource_version=resource_version, timeout_seconds=timeout_seconds,
+                                  accept=METADATA)
+
+    async def watch_objects(self, path: str, *, resource_version: str, timeout_seconds: int, selector: str = "",
+                            accept: str = "application/json") -> AsyncIterator[dict[str, Any]]:
+        """The watch events after ``resource_version`` (of the objects ``selector`` matches, when given),
+        until the API server ends the watch.
 
         A watch is long-lived: it does not count against the bound on requests at once.
         """
         query = urllib.parse.urlencode({"watch": "true", "resourceVersion": resource_version,
-                                        "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)})
+                                        "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds),
+                                        **({"labelSelector": selector} if selector else {})})
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
-        async with self._session_now().get(f"{self._server}{path}?{query}", headers=self._headers(METADATA),
+        async with self._session_now().get(f"{self._server}{path}?{query}", headers=self._headers(accept),
                                            timeout=timeout) as response:
             if not 200 <= response.status <= 299:
                 raise KubeError("GET", path, response.status, _message(await response.read(), response.reason))
@@ -197,7 +228,7 @@ class Kube:
         parsed: dict[str, Any] = json.loads(data)
         return parsed
 
-    async def _call(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
+    async def _call(self, method: str, path: str, *, body: Mapping[str, Any] | list[Any] | None = None,
                     content_type: str | None = None, accept: str = "application/json") -> bytes:
         headers = self._headers(accept)
         if content_type:

@@ -68,6 +68,11 @@ class MailConfigObject:
     annotations: Mapping[str, str]
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    # What the deletion needs: the finalizers in their order, whether a deletion was asked for, and the
+    # version a finalizer patch tests against.
+    finalizers: tuple[str, ...] = ()
+    deleting: bool = False
+    resource_version: str = ""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> MailConfigObject:
@@ -76,7 +81,9 @@ class MailConfigObject:
         annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in READ_ANNOTATIONS}
         return cls(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
                    generation=int(meta.get("generation", 0)), created=meta.get("creationTimestamp", ""),
-                   annotations=annotations, spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}))
+                   annotations=annotations, spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
+                   finalizers=tuple(meta.get("finalizers") or ()), deleting=bool(meta.get("deletionTimestamp")),
+                   resource_version=str(meta.get("resourceVersion", "")))
 
     def pack(self) -> bytes:
         """These fields as compact JSON: what a loop keeps between passes, far smaller than parsed dicts."""
@@ -84,7 +91,8 @@ class MailConfigObject:
 
     @classmethod
     def unpack(cls, data: bytes) -> MailConfigObject:
-        return cls(**json.loads(data))
+        fields = json.loads(data)
+        return cls(**{**fields, "finalizers": tuple(fields.get("finalizers") or ())})
 
     @property
     def id(self) -> str:

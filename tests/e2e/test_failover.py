@@ -100,6 +100,7 @@ def test_two_operators_at_once_write_each_change_to_keycloak_once(tenant, candid
     assert marker in leader.log()
     assert marker not in follower.log()
     assert "Starting the watch-stream" not in follower.log()
+    assert "MailConfig watch" not in follower.log()
 
 
 def test_when_the_leader_is_killed_mid_burst_the_follower_takes_over_and_nothing_is_lost(tenant, candidates):

@@ -25,10 +25,12 @@ from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, w
 
 pytestmark = pytest.mark.e2e
 
-NAMESPACED_KINDS = {"mailconfigs.v1alpha1.kcmail.io", "keycloakconnections.v1alpha1.kcmail.io"}
+# kopf serves the Connections; kcmail watches MailConfigs and Secrets itself (kcmail.controller, secretwatch).
+NAMESPACED_KINDS = {"keycloakconnections.v1alpha1.kcmail.io"}
 WATCH_STARTED = re.compile(r"Starting the watch-stream for (\S+) (?:in '([^']+)'|(cluster-wide))")
 # kcmail's own watch of the Secrets' metadata (kcmail.secretwatch), not kopf's.
 SECRET_WATCH = re.compile(r"Secret watch (\S+): listing")
+MAILCONFIG_WATCH = re.compile(r"MailConfig watch (\S+): listing")
 
 
 @dataclass
@@ -82,8 +84,8 @@ def namespaced_operator(kcmail_installed: Environment, tmp_path_factory) -> Iter
     process = operator_env.start_operator(kcmail_installed, registry, name="operator-namespaced",
                                           args=["-v", "-n", namespace, "--liveness", liveness])
     try:
-        wait_until(lambda: "Starting the watch-stream for mailconfigs" in process.log.read_text(errors="replace"),
-                   server=process, what="its watch on MailConfigs", timeout=60)
+        wait_until(lambda: "MailConfigs listed" in process.log.read_text(errors="replace"),
+                   server=process, what="its listing of MailConfigs", timeout=60)
         yield NamespacedOperator(process, namespace, liveness)
     finally:
         registry.stop_all()
@@ -114,6 +116,7 @@ def test_run_with_namespace_watches_only_that_namespace(kcmail_installed, namesp
         (kind, own) for kind in NAMESPACED_KINDS}, sorted(watches)
     assert not any(kind.startswith("secrets") for kind, _ in watches), sorted(watches)
     assert set(SECRET_WATCH.findall(log)) == {f"/api/v1/namespaces/{own}/secrets"}
+    assert set(MAILCONFIG_WATCH.findall(log)) == {f"/apis/kcmail.io/v1alpha1/namespaces/{own}/mailconfigs"}
     # It reads cluster-scoped Connections wherever they are, but nothing of the other namespace.
     assert other not in log
 
@@ -140,8 +143,8 @@ def test_sigterm_stops_the_operator_within_seconds_and_leaves_finalizers(kcmail_
     own_realm = f"realm-{own}"
     operator_env.apply(env, *_mail(env, own, own_realm))
     _wait_ready(env, own)
-    wait_until(lambda: f"MailConfig {own}/mail: loop started" in namespaced_operator.log(),
-               server=namespaced_operator.process, what="its loop for the MailConfig", timeout=60)
+    wait_until(lambda: f"MailConfig {own}/mail: reconciled: " in namespaced_operator.log(),
+               server=namespaced_operator.process, what="a pass of the MailConfig", timeout=60)
     # A steady object: nothing writes to it while nothing changes.
     before = _get(env, own)
     for _ in range(20):
@@ -168,7 +171,7 @@ def test_sigterm_stops_the_operator_within_seconds_and_leaves_finalizers(kcmail_
     assert took < 10, f"took {took:.1f} s to stop"
     assert status == 0, namespaced_operator.log()[-3000:]
     assert "Signal SIGTERM is received" in namespaced_operator.log()
-    assert f"MailConfig {own}/mail: loop stopped" in namespaced_operator.log()
+    assert "MailConfig watch and work queue stopped" in namespaced_operator.log()
     after = _get(env, own)
     assert after["metadata"]["finalizers"] == before["metadata"]["finalizers"]
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

@@ -31,8 +31,8 @@ def debug_operator(kcmail_installed, tenant, tmp_path_factory) -> Iterator[Serve
     process = operator_env.start_operator(kcmail_installed, registry, name="operator-debug",
                                           args=["-v", "-n", tenant.namespace])
     try:
-        wait_until(lambda: "Starting the watch-stream for mailconfigs" in process.log.read_text(errors="replace"),
-                   server=process, what="its watch on MailConfigs", timeout=60)
+        wait_until(lambda: "MailConfigs listed" in process.log.read_text(errors="replace"),
+                   server=process, what="its listing of MailConfigs", timeout=60)
         yield process
     finally:
         registry.stop_all()

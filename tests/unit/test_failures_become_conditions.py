@@ -13,8 +13,8 @@ import pytest
 
 from kcmail import cli, handlers
 from kcmail.kube import KubeError, Secret
+from kcmail.options import OperatorOptions
 from kcmail.reconcile import MailConfigObject, Reconciler, check_connection
-from kcmail.runtime import OperatorOptions
 from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.unit

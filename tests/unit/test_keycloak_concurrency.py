@@ -22,7 +22,7 @@ from aiohttp import web
 from kcmail import cli, defaults, handlers
 from kcmail.connections import ConnectionKey, ResolvedConnection
 from kcmail.keycloak import AdminCredentials, KeycloakClient
-from kcmail.runtime import OperatorOptions
+from kcmail.options import OperatorOptions
 from kcmail.spec import ConnectionKind
 
 pytestmark = pytest.mark.unit

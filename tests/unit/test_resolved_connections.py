@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import kopf
 import pytest
 
 from kcmail.connections import ConnectionFailure, ConnectionKey, ResolvedConnections
-from kcmail.handlers import DiffBaseStorage
 from kcmail.kube import Secret, secret_version
 from kcmail.spec import ConnectionKind
 
@@ -110,30 +108,6 @@ async def test_namespaced_connections_of_the_same_name_are_distinct():
     await cache.get(ConnectionKind.NAMESPACED, "kc", "tenant-a")
     await cache.get(ConnectionKind.NAMESPACED, "kc", "tenant-b")
     assert kube.reads == 4
-
-
-def _body(kind: str) -> kopf.Body:
-    return kopf.Body({"apiVersion": "kcmail.io/v1alpha1", "kind": kind,
-                      "metadata": {"name": "x", "namespace": "ns", "annotations": {}},
-                      "spec": {"realm": "acme"}})
-
-
-def test_mailconfigs_keep_no_last_handled_configuration_and_always_look_handled():
-    storage = DiffBaseStorage(prefix="kcmail.io")
-    body = _body("MailConfig")
-    patch = kopf.Patch()
-    storage.store(body=body, patch=patch, essence=storage.build(body=body))
-    assert not patch
-    assert storage.fetch(body=body) == storage.build(body=body)
-
-
-def test_connections_keep_kopfs_last_handled_configuration():
-    storage = DiffBaseStorage(prefix="kcmail.io")
-    body = _body("KeycloakConnection")
-    assert storage.fetch(body=body) is None
-    patch = kopf.Patch()
-    storage.store(body=body, patch=patch, essence=storage.build(body=body))
-    assert "kcmail.io/last-handled-configuration" in patch["metadata"]["annotations"]
 
 
 async def test_the_secret_versions_of_the_last_kept_read_outlive_its_entry():

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kcmail import cli, handlers, secretwatch
+from kcmail import cli, handlers, listwatch, secretwatch
 from kcmail.kube import KubeError, parse_lines
 from kcmail.secretwatch import (
     HEALTHY_WATCH_SECONDS,
@@ -115,7 +115,7 @@ async def test_a_gone_answer_to_the_watch_request_lists_again_without_a_failure(
         caplog: pytest.LogCaptureFixture) -> None:
     api = ApiDouble(PAGES, [KubeError("GET", "/api/v1/namespaces/mail/secrets", 410, "too old resource version")])
 
-    with caplog.at_level(logging.DEBUG, logger=secretwatch.__name__):
+    with caplog.at_level(logging.DEBUG, logger=listwatch.__name__):
         events = await _run(api)
 
     assert [e.type.value for e in events] == ["LISTED", "LISTED", "RELISTED", "RELISTED"]
@@ -131,7 +131,7 @@ async def test_a_watch_that_ends_at_once_is_started_again_only_after_a_pause(mon
         pauses.append(seconds)
         await real_sleep(0)
 
-    monkeypatch.setattr(secretwatch.asyncio, "sleep", sleep)
+    monkeypatch.setattr(listwatch.asyncio, "sleep", sleep)
     api = ApiDouble(PAGES, [[], [], [{"type": "ADDED", "object": _meta("c", "30")}]])
 
     events = await _run(api)
@@ -180,7 +180,7 @@ async def _pauses_of(api: ApiDouble, monkeypatch: pytest.MonkeyPatch) -> list[fl
         pauses.append(seconds)
         await real_sleep(0)
 
-    monkeypatch.setattr(secretwatch.asyncio, "sleep", sleep)
+    monkeypatch.setattr(listwatch.asyncio, "sleep", sleep)
     monkeypatch.setattr("random.random", lambda: 0.9999999)
     await _run(api)
     return [round(pause, 3) for pause in pauses]

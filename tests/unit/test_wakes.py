@@ -1,33 +1,44 @@
-"""Which events wake a MailConfig's loop: news, not what its first pass reads anyway."""
+"""Which events become a pass of a MailConfig: news, not what its first pass reads anyway."""
 
 from __future__ import annotations
 
-import asyncio
+import copy
+from typing import Any
 
 import pytest
 
-from kcmail import loops
+from kcmail.connections import ConnectionKey
+from kcmail.controller import (
+    FINALIZER,
+    ConnectionHealth,
+    ConnectionSecretIndices,
+    Controller,
+    finalizer_added,
+    finalizer_removed,
+    first_pass_can_wait,
+    secret_is_news,
+    wants_pass,
+)
 from kcmail.kube import secret_version
-from kcmail.runtime import Runtime, first_pass_can_wait, secret_is_news
+from kcmail.reconcile import MailConfigObject
+from kcmail.secretwatch import SecretEvent, SecretEventType
+from kcmail.spec import ConnectionKind
+from kcmail.store import Key
 
 pytestmark = pytest.mark.unit
 
 CONNECTION = ("ClusterKeycloakConnection", None, "main")
 
 
-def _runtime() -> Runtime:
-    return Runtime(kube=None, clients=None, reconciler=None, probe_http=None)  # type: ignore[arg-type]
-
-
 def test_a_connection_listed_at_start_up_wakes_nobody_but_its_later_changes_do():
-    rt = _runtime()
-    assert not rt.connection_changed(CONNECTION, 1, listed=True)
-    assert not rt.connection_changed(CONNECTION, 1)
-    assert rt.connection_changed(CONNECTION, 2)
+    health = ConnectionHealth()
+    assert not health.changed(CONNECTION, 1, listed=True)
+    assert not health.changed(CONNECTION, 1)
+    assert health.changed(CONNECTION, 2)
 
 
 def test_a_connection_created_after_start_up_wakes_the_mailconfigs_waiting_for_it():
-    assert _runtime().connection_changed(CONNECTION, 1)
+    assert ConnectionHealth().changed(CONNECTION, 1)
 
 
 def _with(kind: str, state: str) -> dict[str, list[dict[str, str]]]:
@@ -35,22 +46,23 @@ def _with(kind: str, state: str) -> dict[str, list[dict[str, str]]]:
 
 
 def test_a_failing_connection_is_checked_again_when_a_mailconfig_gets_through_it():
-    rt = _runtime()
+    health = ConnectionHealth()
     # Never checked, or checked Ready: a pass has nothing to prove.
-    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
-    rt.connection_checked(CONNECTION, _with("Ready", "True"))
-    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
+    assert not health.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
+    health.checked(CONNECTION, _with("Ready", "True"))
+    assert not health.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
 
-    rt.connection_checked(CONNECTION, _with("Ready", "False"))  # KeycloakUnreachable, say
-    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "False"), now=100)
-    assert not rt.recheck_after_pass(("ClusterKeycloakConnection", None, "other"), _with("Applied", "True"), now=100)
-    assert rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
-    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=101)  # once, not per pass
+    health.checked(CONNECTION, _with("Ready", "False"))  # KeycloakUnreachable, say
+    assert not health.recheck_after_pass(CONNECTION, _with("Applied", "False"), now=100)
+    assert not health.recheck_after_pass(("ClusterKeycloakConnection", None, "other"), _with("Applied", "True"),
+                                         now=100)
+    assert health.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=100)
+    assert not health.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=101)  # once, not per pass
 
     # A check that still fails while passes succeed: again, but not more often than every 30 s.
-    rt.connection_checked(CONNECTION, _with("Ready", "False"))
-    assert not rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=110)
-    assert rt.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=131)
+    health.checked(CONNECTION, _with("Ready", "False"))
+    assert not health.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=110)
+    assert health.recheck_after_pass(CONNECTION, _with("Applied", "True"), now=131)
 
 
 def test_a_secret_is_news_only_when_its_version_is_not_the_applied_one():
@@ -61,67 +73,64 @@ def test_a_secret_is_news_only_when_its_version_is_not_the_applied_one():
     assert secret_is_news("uid-1", "41", None)
 
 
-def _body(generation: int, requested: str | None = None) -> dict:
-    annotations = {"kcmail.io/requested-at": requested} if requested else {}
-    return {"metadata": {"generation": generation, "annotations": annotations}}
-
-
-def test_a_mailconfig_first_seen_wakes_nothing_but_its_later_spec_and_requests_do():
-    rt = _runtime()
-    rt.wake_on_change("ns/mail", _body(3))
-    assert not rt.waker("ns/mail").is_set()
-    rt.wake_on_change("ns/mail", _body(3))  # a status write: same generation
-    assert not rt.waker("ns/mail").is_set()
-    rt.wake_on_change("ns/mail", _body(4))
-    assert rt.waker("ns/mail").is_set()
-    rt.waker("ns/mail").clear()
-    rt.wake_on_change("ns/mail", _body(4, requested="now"))
-    assert rt.waker("ns/mail").is_set()
-
-
-def test_a_wake_before_the_loop_exists_is_kept_for_it():
-    rt = _runtime()
-    rt.wake("ns/early")  # the start-up listing of a rotated Secret, before kopf started the loop
-    assert rt.waker("ns/early").is_set()
-
-
-def _status(ready: str = "True", observed: int = 2, handled: str | None = None) -> dict:
-    status = {"observedGeneration": observed, "conditions": [{"type": "Ready", "status": ready}]}
+def _body(name: str = "mail", uid: str = "u-1", generation: int = 2, *, requested: str | None = None,
+          secret: str = "oauth", applied: str | None = None, ready: str | None = "True", observed: int = 2,
+          handled: str | None = None, deleting: bool = False, realm: str = "acme") -> dict[str, Any]:
+    status: dict[str, Any] = {"observedGeneration": observed}
+    if ready:
+        status["conditions"] = [{"type": "Ready", "status": ready}]
+    if applied:
+        status["appliedSecretVersion"] = applied
     if handled:
         status["lastHandledRequestedAt"] = handled
-    return status
+    meta: dict[str, Any] = {"namespace": "mail", "name": name, "uid": uid, "generation": generation,
+                            "resourceVersion": "9", "finalizers": [FINALIZER]}
+    if requested:
+        meta["annotations"] = {"kcmail.io/requested-at": requested}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-06T10:00:00Z"
+    return {"metadata": meta, "status": status,
+            "spec": {"realm": realm, "connectionRef": {"name": "main"}, "interval": "10m",
+                     "smtp": {"host": "smtp.example", "port": 587}, "sender": {"from": "noreply@example.com"},
+                     "auth": {"type": "XOAUTH2", "xoauth2": {"tokenURL": "https://idp.example/token",
+                                                             "clientSecretRef": {"name": secret}}}}}
+
+
+def _obj(**kwargs: Any) -> MailConfigObject:
+    return MailConfigObject.from_body(_body(**kwargs))
 
 
 def test_after_a_start_only_a_ready_current_mailconfig_waits_for_its_slot():
-    assert first_pass_can_wait(_status(), 2, {})
-    assert not first_pass_can_wait(_status(observed=1), 2, {})  # the spec changed while the operator was down
-    assert not first_pass_can_wait(_status(ready="False"), 2, {})  # failing: retry now
-    assert not first_pass_can_wait(_status(ready="Unknown"), 2, {})
-    assert not first_pass_can_wait({}, 1, {})  # never reconciled
-    assert not first_pass_can_wait(_status(), 2, {"kcmail.io/requested-at": "t1"})  # a pass was asked for
-    assert first_pass_can_wait(_status(handled="t1"), 2, {"kcmail.io/requested-at": "t1"})
+    assert first_pass_can_wait(_obj())
+    assert not first_pass_can_wait(_obj(observed=1))  # the spec changed while the operator was down
+    assert not first_pass_can_wait(_obj(ready="False"))  # failing: retry now
+    assert not first_pass_can_wait(_obj(ready="Unknown"))
+    assert not first_pass_can_wait(_obj(ready=None))  # never reconciled
+    assert not first_pass_can_wait(_obj(requested="t1"))  # a pass was asked for
+    assert first_pass_can_wait(_obj(requested="t1", handled="t1"))
 
 
-async def test_stopping_a_loop_ends_it_and_forgets_its_waker_and_state():
-    rt = _runtime()
-    rt.loops.keep("ns/mail", {"metadata": {"namespace": "ns", "name": "mail", "uid": "u", "generation": 1}})
-    waker = rt.waker("ns/mail")
-
-    async def loop() -> None:
-        while not rt.loops.stopping("ns/mail"):
-            waker.clear()
-            await loops.sleep(waker, 30)
-
-    rt.loops.start("ns/mail", loop())
-    await asyncio.sleep(0)
-    await asyncio.wait_for(rt.stop_loop("ns/mail"), 5)
-
-    assert not rt.loops.running("ns/mail")
-    assert rt.loops.latest("ns/mail") is None
-    assert rt.waker("ns/mail") is not waker  # a fresh signal for a MailConfig of the same name
+def test_a_spec_change_a_requested_pass_or_a_deletion_wants_a_pass_a_status_write_does_not():
+    assert not wants_pass(_obj(), _obj(ready="False"))
+    assert wants_pass(_obj(), _obj(generation=3))
+    assert wants_pass(_obj(), _obj(requested="now"))
+    assert wants_pass(_obj(), _obj(deleting=True))
 
 
-class _ForgettingConnections:
+def test_the_finalizer_patches_test_what_was_seen_before_they_change_it():
+    bare = MailConfigObject.from_body({**_body(), "metadata": {**_body()["metadata"], "finalizers": []}})
+    assert finalizer_added(bare) == [{"op": "test", "path": "/metadata/resourceVersion", "value": "9"},
+                                     {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]
+    other = MailConfigObject.from_body({**_body(), "metadata": {**_body()["metadata"], "finalizers": ["x/y"]}})
+    assert finalizer_added(other)[0] == {"op": "test", "path": "/metadata/finalizers", "value": ["x/y"]}
+    assert finalizer_added(other)[1]["path"] == "/metadata/finalizers/-"
+    both = MailConfigObject.from_body({**_body(), "metadata": {**_body()["metadata"],
+                                                               "finalizers": ["x/y", FINALIZER]}})
+    assert finalizer_removed(both) == [{"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+                                       {"op": "remove", "path": "/metadata/finalizers/1"}]
+
+
+class _Connections:
     def __init__(self, resolved: dict[tuple[object, str, str], str] | None = None) -> None:
         self.forgotten: list[object] = []
         self.resolved = resolved or {}
@@ -133,33 +142,92 @@ class _ForgettingConnections:
         return self.resolved.get((key, namespace, name))
 
 
+def _controller(connections: _Connections | None = None) -> tuple[Controller, list[object]]:
+    reconciler = type("Reconciler", (), {"connections": connections or _Connections()})()
+    controller = Controller(None, reconciler, workers=1)  # type: ignore[arg-type]
+    checked: list[object] = []
+
+    async def recheck(ref: object) -> None:
+        checked.append(ref)
+
+    controller.recheck_connection = recheck  # type: ignore[assignment]
+    return controller, checked
+
+
+def _waiting(controller: Controller) -> list[str]:
+    """The keys that run as soon as a worker is free."""
+    return sorted(str(key) for key in controller.queue._waiting)
+
+
+async def test_a_mailconfig_listed_ready_waits_for_its_slot_and_one_that_is_not_runs_at_once():
+    controller, _ = _controller()
+    await controller.on_mailconfig("LISTED", _body("ready"))
+    await controller.on_mailconfig("LISTED", _body("failing", uid="u-2", ready="False"))
+    await controller.on_mailconfig("ADDED", _body("new", uid="u-3"))  # created after the start: at once
+    assert _waiting(controller) == ["mail/failing", "mail/new"]
+    slot = controller.queue.due_in(Key("mail", "ready", "u-1"))
+    assert slot is not None
+    assert 0 < slot <= 600
+
+
+async def test_a_status_write_adds_nothing_but_a_spec_change_and_a_request_do():
+    controller, _ = _controller()
+    await controller.on_mailconfig("LISTED", _body())
+    await controller.on_mailconfig("MODIFIED", _body(ready="False"))
+    assert _waiting(controller) == []
+    await controller.on_mailconfig("MODIFIED", _body(generation=3))
+    assert _waiting(controller) == ["mail/mail"]
+    controller.queue.forget(Key("mail", "mail", "u-1"))
+    await controller.on_mailconfig("MODIFIED", _body(generation=3, requested="now"))
+    assert _waiting(controller) == ["mail/mail"]
+
+
+async def test_an_old_objects_deletion_never_stops_the_new_one_under_its_name():
+    controller, _ = _controller()
+    await controller.on_mailconfig("ADDED", _body(uid="old"))
+    await controller.on_mailconfig("ADDED", _body(uid="new"))
+    await controller.on_mailconfig("DELETED", _body(uid="old"))
+    assert controller.store.current("mail", "mail") == Key("mail", "mail", "new")
+    assert [str(k) + ":" + k.uid for k in controller.queue._waiting] == ["mail/mail:new"]
+
+
+async def test_a_deleted_owner_wakes_the_others_that_name_its_realm():
+    controller, _ = _controller()
+    await controller.on_mailconfig("LISTED", _body("owner"))
+    await controller.on_mailconfig("LISTED", _body("waiting", uid="u-2"))
+    await controller.on_mailconfig("LISTED", _body("elsewhere", uid="u-3", realm="other"))
+    await controller.on_mailconfig("DELETED", _body("owner"))
+    assert _waiting(controller) == ["mail/waiting"]
+
+
+async def test_a_relisting_drops_what_was_deleted_while_the_watch_had_lost_its_place():
+    controller, _ = _controller()
+    await controller.on_mailconfig("LISTED", _body("kept"))
+    await controller.on_mailconfig("LISTED", _body("gone", uid="u-2"))
+    await controller.on_listed("/apis/kcmail.io/v1alpha1/mailconfigs", "LISTED")
+    assert controller.listed.is_set()
+    await controller.on_mailconfig("RELISTED", _body("kept"))
+    await controller.on_listed("/apis/kcmail.io/v1alpha1/mailconfigs", "RELISTED")
+    assert [str(k) for k in controller.store.all_keys()] == ["mail/kept"]
+
+
 @pytest.mark.parametrize(("event_type", "rechecked"), [("LISTED", False), ("RELISTED", True), ("MODIFIED", True)])
 async def test_a_secret_event_wakes_its_users_with_news_and_rechecks_its_connection_unless_listed(
-        event_type: str, rechecked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kcmail import handlers
-    from kcmail.secretwatch import SecretEvent, SecretEventType
-
-    rt = _runtime()
-    rt.reconciler = type("Reconciler", (), {"connections": _ForgettingConnections()})()  # type: ignore[assignment]
-    checked: list[tuple[object, ...]] = []
-
-    async def recheck(runtime: Runtime, key: tuple[object, ...]) -> None:
-        checked.append(key)
-
-    monkeypatch.setattr(handlers, "_recheck_connection", recheck)
-    indices = handlers.SecretIndices(
-        secret_users={("mail", "current"): [("mail/a", secret_version("uid-c", "7"))],
-                      ("mail", "rotated"): [("mail/b", secret_version("uid-r", "7"))]},
-        connection_users={CONNECTION: ["mail/c"]},
-        namespaced_connection_secrets={}, cluster_connection_secrets={("mail", "admin"): [CONNECTION]})
+        event_type: str, rechecked: bool) -> None:
+    controller, checked = _controller()
+    for name, secret, uid in (("a", "current", "uid-c"), ("b", "rotated", "uid-r")):
+        await controller.on_mailconfig("LISTED", _body(name, uid=name, secret=secret, applied=secret_version(uid, "7")))
+    await controller.on_mailconfig("LISTED", _body("c", uid="c", secret="other"))
+    for key in controller.store.all_keys():
+        controller.queue.forget(key)  # nothing waits before the Secret events
+    indices = ConnectionSecretIndices(namespaced={}, cluster={("mail", "admin"): [CONNECTION]})
 
     # "rotated" is at a version its MailConfig has not applied; "current" at the one it has.
     for name, uid, version in (("current", "uid-c", "7"), ("rotated", "uid-r", "8"), ("admin", "uid-a", "3"),
                                ("unrelated", "uid-u", "1")):
-        await handlers.secret_changed(rt, indices, SecretEvent(SecretEventType(event_type), "mail", name, uid, version))
+        await controller.on_secret(indices, SecretEvent(SecretEventType(event_type), "mail", name, uid, version))
 
-    assert [key for key in ("mail/a", "mail/b", "mail/c") if rt.waker(key).is_set()] == (
-        ["mail/b", "mail/c"] if rechecked else ["mail/b"])
+    assert _waiting(controller) == (["mail/a", "mail/b", "mail/c"] if rechecked else ["mail/b"])
     assert checked == ([CONNECTION] if rechecked else [])
 
 
@@ -170,29 +238,28 @@ async def test_a_secret_event_wakes_its_users_with_news_and_rechecks_its_connect
     ("MODIFIED", "3", False),  # the passes read it before the watch delivered its change
 ])
 async def test_a_connection_secret_wakes_its_users_only_at_a_version_they_did_not_resolve(
-        event_type: str, version: str, woken: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kcmail import handlers
-    from kcmail.connections import ConnectionKey
-    from kcmail.secretwatch import SecretEvent, SecretEventType
-    from kcmail.spec import ConnectionKind
-
-    rt = _runtime()
+        event_type: str, version: str, woken: bool) -> None:
     key = ConnectionKey(ConnectionKind.CLUSTER, "main", None)
-    connections = _ForgettingConnections({(key, "mail", "admin"): secret_version("uid-a", "3")})
-    rt.reconciler = type("Reconciler", (), {"connections": connections})()  # type: ignore[assignment]
-    checked: list[tuple[object, ...]] = []
+    connections = _Connections({(key, "mail", "admin"): secret_version("uid-a", "3")})
+    controller, checked = _controller(connections)
+    await controller.on_mailconfig("ADDED", _body("c", uid="c"))
+    controller.queue.forget(Key("mail", "c", "c"))
+    indices = ConnectionSecretIndices(namespaced={}, cluster={("mail", "admin"): [CONNECTION]})
 
-    async def recheck(runtime: Runtime, key: tuple[object, ...]) -> None:
-        checked.append(key)
+    await controller.on_secret(indices, SecretEvent(SecretEventType(event_type), "mail", "admin", "uid-a", version))
 
-    monkeypatch.setattr(handlers, "_recheck_connection", recheck)
-    indices = handlers.SecretIndices(secret_users={}, connection_users={CONNECTION: ["mail/c"]},
-                                     namespaced_connection_secrets={},
-                                     cluster_connection_secrets={("mail", "admin"): [CONNECTION]})
-
-    await handlers.secret_changed(rt, indices, SecretEvent(SecretEventType(event_type), "mail", "admin", "uid-a",
-                                                           version))
-
-    assert rt.waker("mail/c").is_set() is woken
+    assert _waiting(controller) == (["mail/c"] if woken else [])
     assert checked == ([CONNECTION] if woken else [])
     assert connections.forgotten == ([key] if woken else [])
+
+
+async def test_a_connections_spec_change_wakes_its_users_its_listing_does_not():
+    controller, _ = _controller()
+    await controller.on_mailconfig("ADDED", _body())
+    controller.queue.forget(Key("mail", "mail", "u-1"))
+    controller.on_connection(CONNECTION, 1, listed=True)
+    assert _waiting(controller) == []
+    controller.on_connection(CONNECTION, 2, listed=False)
+    assert _waiting(controller) == ["mail/mail"]
+    assert copy.copy(controller.reconciler.connections.forgotten) == [  # type: ignore[attr-defined]
+        ConnectionKey(ConnectionKind.CLUSTER, "main", None)] * 2
