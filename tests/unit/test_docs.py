@@ -25,8 +25,8 @@ def test_every_reason_has_exactly_one_troubleshooting_row():
 
 
 def test_events_named_in_the_docs_are_the_ones_the_operator_posts():
-    source = (Path(__file__).resolve().parents[2] / "operator" / "kcmail" / "reconcile.py").read_text()
-    posted = set(re.findall(r'Event\("(?:Normal|Warning)", "([A-Za-z]+)"', source))
+    source = (Path(__file__).resolve().parents[2] / "operator" / "kcmail" / "decide.py").read_text()
+    posted = set(re.findall(r'Event\(\s*"(?:Normal|Warning)", "([A-Za-z]+)"', source))
     text = (DOCS / "troubleshooting.md").read_text()
     events_section = text.split("## Events", 1)[1]
     assert posted
