@@ -36,7 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from bench import workload
 from bench.cluster import LABEL, Cluster
 from bench.floor import BareAdmin
-from kcmail.devenv.environment import Environment
+from kcmail.devenv.environment import ENV_FILE, Environment
 from kcmail.devenv.processes import ProcessRegistry
 from kcmail.spec import GROUP, VERSION
 
@@ -153,7 +153,7 @@ class BareOperator:
     """The script as its own process, as kcmail is; its log stays in ``state_dir``."""
 
     def __init__(self, env: Environment, state_dir: Path, namespace: str, name: str) -> None:
-        env_file = env.state_dir / "dev.env"
+        env_file = env.state_dir / ENV_FILE
         if not env_file.exists():
             raise RuntimeError(f"{env_file} is missing: the bare operator reads the environment from it")
         self._registry = ProcessRegistry(state_dir)
@@ -234,8 +234,8 @@ def run(env: Environment, namespace: str, name: str, lifetime: float) -> None:
                         version = str(obj["metadata"]["resourceVersion"])
                         if event["type"] in ("ADDED", "MODIFIED"):
                             act(obj)
-            except httpx.HTTPError as error:
-                print(f"watch failed, listing again: {type(error).__name__}", file=sys.stderr)
+            except httpx.HTTPError as error:  # of the API server or Keycloak: the generation is not applied yet
+                print(f"{type(error).__name__}; listing again", file=sys.stderr)
                 version = None
                 time.sleep(_RETRY_PAUSE_SECONDS)
 
