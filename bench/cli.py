@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import failover, latency, machine, memory, report, scale
+from bench import bare_operator, failover, latency, machine, memory, report, scale
 from bench.cluster import LABEL, Cluster
 from bench.context import FULL, QUICK, Bench, Sizes, say
 from bench.floor import BareAdmin, create_realms
@@ -151,6 +151,9 @@ def run(env: Environment, sizes: Sizes, state_dir: Path, chosen: set[str], *,
     try:
         operator_env.install_crds(env)
         operator_env.install_connection(env)
+        if "change" in chosen:
+            # Before any operator starts, so that no kcmail ever meets the CRD appearing.
+            bare_operator.install_crd(cluster)
         if cluster.mailconfigs(LABEL):
             raise RuntimeError("the environment holds MailConfigs of an earlier benchmark run; use a fresh one")
         setup = _realms(b, chosen)
@@ -217,7 +220,8 @@ def _latency(b: Bench, chosen: set[str], measures: dict[str, Any],
 def _clean_up(b: Bench) -> None:
     """Remove the run's MailConfigs and Secrets from a reused environment, so that its next user (another run,
     a test session's operator) finds none of them. Namespaces and realms stay: the environment runs no
-    namespace controller to empty a deleted namespace, and the next run reuses both."""
+    namespace controller to empty a deleted namespace, and the next run reuses both. The bare operator's CRD
+goes, and its objects with it."""
     say("removing the benchmark's MailConfigs and Secrets")
     b.stop_operators()
     operator = b.start_operator()  # to release its finalizers
@@ -226,6 +230,7 @@ def _clean_up(b: Bench) -> None:
     operator.stop()
     for name in names:
         b.cluster.core.delete_collection_namespaced_secret(name, label_selector=LABEL)
+    bare_operator.delete_crd(b.cluster)
 
 
 def _realms(b: Bench, chosen: set[str]) -> dict[str, Any]:

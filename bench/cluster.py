@@ -93,9 +93,11 @@ class Cluster:
     def mailconfig(self, namespace: str, name: str) -> Object:
         return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
 
-    def patch_mailconfig(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Object:
-        """A JSON merge patch of the MailConfig (the python client sends dicts as merge patches)."""
-        return dict(self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch))
+    def patch_mailconfig(self, namespace: str, name: str, patch: Mapping[str, Any], *, group: str = GROUP,
+                         plural: str = PLURAL) -> Object:
+        """A JSON merge patch of the MailConfig (the python client sends dicts as merge patches); ``group`` and
+        ``plural`` name another kind of the same schema (the bare operator's)."""
+        return dict(self.custom.patch_namespaced_custom_object(group, VERSION, namespace, plural, name, patch))
 
     def patch_secret(self, namespace: str, name: str, string_data: Mapping[str, str]) -> Object:
         body = {"stringData": dict(string_data)}
@@ -106,8 +108,9 @@ class Cluster:
         return list(listed["items"])
 
     def wait_for(self, namespace: str, name: str, since: str, predicate: Callable[[Object], bool], *,
-                 timeout: float) -> tuple[Object, float]:
-        """Watch one MailConfig from resourceVersion ``since`` until ``predicate`` holds for it.
+                 timeout: float, group: str = GROUP, plural: str = PLURAL) -> tuple[Object, float]:
+        """Watch one MailConfig (or one of another kind: ``group``, ``plural``) from resourceVersion ``since``
+        until ``predicate`` holds for it.
 
         Returns the object and the ``perf_counter`` at which its event arrived; TimeoutError after
         ``timeout`` seconds, with the last status seen.
@@ -118,8 +121,8 @@ class Cluster:
         while (remaining := deadline - time.monotonic()) > 0:
             stream = watch.Watch()
             try:
-                for event in stream.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace,
-                                           PLURAL, field_selector=f"metadata.name={name}",
+                for event in stream.stream(self.custom.list_namespaced_custom_object, group, VERSION, namespace,
+                                           plural, field_selector=f"metadata.name={name}",
                                            resource_version=resource_version,
                                            timeout_seconds=max(int(remaining), 1),
                                            _request_timeout=remaining + 5):

@@ -36,10 +36,21 @@ def _p(summary: Mapping[str, Any]) -> str:
     return f"p50 {seconds(summary['p50'])}, p95 {seconds(summary['p95'])} (n={summary['n']})"
 
 
+def _change_floor(m: Mapping[str, Any]) -> str:
+    """Measure 1's floor: the bare operator, with the lone GET+PUT (the floor before it) beside it."""
+    if "floor_is" not in m:  # results from before the bare operator: the floor was the lone GET+PUT
+        return _p(m["floor"])
+    cell = f"{m['floor_is']}: {_p(m['floor'])}"
+    lone = m.get("lone_get_put") or {}
+    if lone.get("n"):
+        cell += f"; lone GET+PUT: p50 {seconds(lone['p50'])} ({_ratio(m.get('ratio_p50_lone_get_put'))})"
+    return cell
+
+
 def _row(name: str, m: Mapping[str, Any]) -> tuple[str, str, str, str]:
     """Result, floor, ratio, goal of one measure, as table cells."""
     if name == "change_latency":
-        return _p(m["operator"]), _p(m["floor"]), _ratio(m.get("ratio_p50")), m["goal"]
+        return _p(m["operator"]), _change_floor(m), _ratio(m.get("ratio_p50")), m["goal"]
     if name == "rotation_latency":
         return _p(m["operator"]), "—", "—", m["goal"]
     if name == "scale":

@@ -37,8 +37,10 @@ def test_quick_mode_measures_everything_and_writes_the_table(quick_run):
     sizes = results["sizes"]
     assert measures["change_latency"]["operator"]["n"] == sizes["changes"]
     assert measures["change_latency"]["floor"]["n"] == sizes["changes"]
-    # The realm held every change the status reported.
+    assert measures["change_latency"]["lone_get_put"]["n"] == sizes["changes"]
+    # The realm held every change the status reported, kcmail's and the bare operator's.
     assert measures["change_latency"]["realm_mismatches"] == 0
+    assert measures["change_latency"]["floor_realm_mismatches"] == 0
     assert measures["rotation_latency"]["operator"]["n"] == sizes["rotations"]
     assert measures["scale"]["per_mailconfig"]["n"] == sizes["mailconfigs"]
     # Keycloak itself counted the operator's work: one write per MailConfig created, none in steady state.

@@ -145,3 +145,18 @@ def test_the_failover_row_gives_writes_per_change_and_the_takeover_time():
     assert row.startswith("| 7. Two replicas, failover | 1.00 writes per change (10 for 10); leader killed → "
                           "change applied: p50 17.20 s, p95 18.90 s (n=5) | 1 write per change |")
     assert row.endswith("| met |")
+
+
+def test_the_change_row_names_the_bare_operator_as_its_floor_with_the_lone_get_put_beside_it():
+    results = _results("full", 0.3)
+    bare = {"n": 5, "p50": 0.05, "p95": 0.07, "min": 0.04, "max": 0.07, "samples": []}
+    lone = {"n": 5, "p50": 0.016, "p95": 0.02, "min": 0.01, "max": 0.02, "samples": []}
+    results["measures"]["change_latency"].update(floor=bare, floor_is="bare operator", lone_get_put=lone,
+                                                 ratio_p50=1.2, ratio_p50_lone_get_put=3.75)
+    (row,) = [line for line in report.render(results).splitlines() if line.startswith("| 1.")]
+    assert ("| bare operator: p50 50 ms, p95 70 ms (n=5); lone GET+PUT: p50 16 ms (3.75x) | 1.20x |") in row
+
+
+def test_results_from_before_the_bare_operator_still_render_their_lone_get_put_floor():
+    (row,) = [line for line in report.render(_results("full", 0.3)).splitlines() if line.startswith("| 1.")]
+    assert "| p50 60 ms, p95 80 ms (n=5) | p50 60 ms, p95 80 ms (n=5) | 1.00x |" in row
