@@ -1,11 +1,11 @@
 """Every Prometheus metric the operator exports, in one place, and the HTTP server that serves them.
 
-The reconcile loop and the Prober record into these; reconcile.py and the pure modules never import
+The controller's passes and the Prober record into these; reconcile.py and the pure modules never import
 this module: timings travel back to the edges in results (probe Steps carry their seconds).
 ``docs/metrics.md`` documents each metric; a test keeps the page and this module equal.
 
 Per-MailConfig series (labels ``namespace`` and ``name``) exist for the token expiry and the Ready
-condition only: one series each per MailConfig, removed when its loop ends, so their number follows the
+condition only: one series each per MailConfig, removed when the MailConfig is deleted, so their number follows the
 number of MailConfigs and nothing else. Other labels take values from fixed lists (results, the reason
 catalogue, probe stages).
 """
@@ -46,7 +46,7 @@ DISABLED = "off"
 RECONCILE_ERROR = "ReconcileError"
 
 RECONCILES = Counter(
-    "kcmail_reconciles", "Passes of the MailConfig reconcile loop, by result and Ready reason.",
+    "kcmail_reconciles", "Passes of the MailConfig reconcile, by result and Ready reason.",
     ["result", "reason"], registry=REGISTRY)
 RECONCILE_DURATION = Histogram(
     "kcmail_reconcile_duration_seconds", "Time one reconcile pass took, probes and status write included.",
@@ -142,7 +142,7 @@ def record_failed_pass(seconds: float) -> None:
 
 
 def forget(namespace: str, name: str) -> None:
-    """The MailConfig's loop ended (deleted, or the operator stopping): drop its series."""
+    """The MailConfig is gone (deleted, or no longer this shard's): drop its series."""
     _remove(TOKEN_EXPIRY, namespace, name)
     old = _ready_labels.pop((namespace, name), None)
     if old is not None:

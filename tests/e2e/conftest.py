@@ -225,3 +225,15 @@ def tenant(kcmail_installed: Environment, keycloak_admin: KeycloakAdminAPI) -> I
     # Keycloak's request-header limit (HTTP 431). The MailConfigs go first so none reports a lost realm.
     operator_env.kubectl(kcmail_installed, "-n", namespace, "delete", "mailconfigs", "--all", "--wait=false")
     keycloak_admin.request("DELETE", f"/{realm}")
+
+
+@pytest.fixture
+def alone(operator) -> Iterator[None]:
+    """The session's operator stopped for the test, and started again after it: the test's own operators
+    are then the only ones acting."""
+    operator.registry.stop_all()
+    try:
+        yield
+    finally:
+        operator.process = operator_env.start_operator(operator.env, operator.registry,
+                                                       metrics_port=operator.metrics_port)

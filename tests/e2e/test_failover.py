@@ -40,17 +40,6 @@ class Candidate:
 
 
 @pytest.fixture
-def alone(operator) -> Iterator[None]:
-    """The session's operator stopped for the test, and started again after it."""
-    operator.registry.stop_all()
-    try:
-        yield
-    finally:
-        operator.process = operator_env.start_operator(operator.env, operator.registry,
-                                                       metrics_port=operator.metrics_port)
-
-
-@pytest.fixture
 def candidates(alone, tenant, tmp_path_factory) -> Iterator[tuple[Candidate, Candidate]]:
     """Two operators for the tenant's namespace electing on a Lease there: (leader, follower)."""
     registry = ProcessRegistry(tmp_path_factory.mktemp("candidates"))

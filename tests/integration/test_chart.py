@@ -98,6 +98,7 @@ def value_sets(ns: Namespaces) -> dict[str, dict[str, Any]]:
         "namespaced-debug": {"watchNamespaces": [ns.watched, ns.unwatched], "logging": {"level": "debug"},
                              "rbac": {"scope": "namespaced"}},
         "one-replica-own-lease": {"replicas": 1, "leaderElection": {"id": "kcmail-tenants"}},
+        "two-shards": {"shards": ["blue", "green"], "workers": 8},
     }
 
 
@@ -226,6 +227,40 @@ def test_a_disruption_budget_keeps_a_follower_through_a_drain_when_there_are_two
     # One replica: a budget of one would block every drain of its node.
     single = render(helm, devenv, tmp_path, {"replicas": 1}, release="r", namespace=namespaces.release)
     assert _of_kind(single, "PodDisruptionBudget") == []
+
+
+def test_each_shard_gets_a_deployment_a_lease_and_a_budget_and_the_main_one_keeps_the_rest(
+        helm, devenv, namespaces, tmp_path):
+    docs = render(helm, devenv, tmp_path, {"shards": ["blue", "green"]}, release="r", namespace=namespaces.release)
+    deployments = {d["metadata"]["name"]: d for d in _of_kind(docs, "Deployment")}
+    assert set(deployments) == {"r-kcmail", "r-kcmail-shard-blue", "r-kcmail-shard-green"}
+    args = {name: d["spec"]["template"]["spec"]["containers"][0]["args"] for name, d in deployments.items()}
+    assert "--exclude-sharded" in args["r-kcmail"]
+    assert not any(a.startswith("--shard") for a in args["r-kcmail"])
+    assert f"--leader-election-id={defaults.LEADER_ELECTION_ID}" in args["r-kcmail"]
+    for shard in ("blue", "green"):
+        own = args[f"r-kcmail-shard-{shard}"]
+        assert f"--shard={shard}" in own
+        assert f"--leader-election-id={defaults.LEADER_ELECTION_ID}-shard-{shard}" in own
+        assert "--exclude-sharded" not in own
+    # No Deployment's selector matches another's pods, and each has its budget.
+    selectors = {name: d["spec"]["selector"]["matchLabels"] for name, d in deployments.items()}
+    for name, selector in selectors.items():
+        for other, deployment in deployments.items():
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            matches = all(labels.get(k) == v for k, v in selector.items())
+            assert matches is (name == other), (name, other)
+    budgets = {budget["metadata"]["name"]: budget["spec"]["selector"]["matchLabels"]
+               for budget in _of_kind(docs, "PodDisruptionBudget")}
+    assert budgets == {name: selectors[name] for name in deployments}
+    # The metrics Service reaches every operator pod of the release.
+    (service,) = _of_kind(docs, "Service")
+    for deployment in deployments.values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    # Without shards, the main Deployment acts on every MailConfig.
+    assert "--exclude-sharded" not in _container(render(helm, devenv, tmp_path, {}, release="r",
+                                                        namespace=namespaces.release))["args"]
 
 
 def test_namespaced_connections_can_be_refused(helm, devenv, namespaces, tmp_path):

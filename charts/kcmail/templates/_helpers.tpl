@@ -22,6 +22,29 @@ app.kubernetes.io/name: {{ include "kcmail.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- /* A shard's pods: a name of their own, so that no Deployment's selector matches another's pods. */}}
+{{- define "kcmail.shardSelectorLabels" -}}
+{{- if .shard -}}
+app.kubernetes.io/name: {{ include "kcmail.name" .root }}-shard
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+kcmail.io/shard: {{ .shard }}
+{{- else -}}
+{{ include "kcmail.selectorLabels" .root }}
+{{- end -}}
+{{- end -}}
+
+{{- define "kcmail.shardLabels" -}}
+{{- if .shard -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "kcmail.shardSelectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/component: operator
+{{- else -}}
+{{ include "kcmail.labels" .root }}
+{{- end -}}
+{{- end -}}
+
 {{- define "kcmail.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "kcmail.selectorLabels" . }}
@@ -51,15 +74,15 @@ app.kubernetes.io/component: operator
 
 {{/* Rules every namespace kcmail watches needs: its namespaced kinds, their Secrets and Events. */}}
 {{- define "kcmail.namespacedRules" -}}
-# MailConfigs and KeycloakConnections: kopf lists and watches them and patches their metadata (the
-# kcmail.io/finalizer and kcmail.io/ annotations); kcmail reads Connections and writes status.
+# MailConfigs and KeycloakConnections: kcmail lists and watches MailConfigs, kopf the Connections; both
+# patch metadata (the kcmail.io/finalizer, kopf's kcmail.io/ annotations) and write status.
 - apiGroups: [kcmail.io]
   resources: [mailconfigs, keycloakconnections]
   verbs: [get, list, watch, patch]
 - apiGroups: [kcmail.io]
   resources: [mailconfigs/status, keycloakconnections/status]
   verbs: [patch]
-# Secrets: the credentials MailConfigs and Connections refer to; kopf watches them to notice rotation.
+# Secrets: the credentials MailConfigs and Connections refer to; kcmail watches their metadata for rotation.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch]
