@@ -45,6 +45,7 @@ from typing import Any, NoReturn
 import aiohttp
 import aiohttp.web
 
+from kcmail import metrics
 from kcmail.kube import Kube, KubeError
 
 log = logging.getLogger("kcmail.leader")
@@ -376,6 +377,8 @@ async def lead(elector: Elector, operate: Callable[[asyncio.Event], Awaitable[No
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
+    leading = metrics.LEADER.labels(f"{elector.namespace}/{elector.name}")
+    leading.set(0)
     async with follower_liveness(liveness):
         acquiring = asyncio.ensure_future(elector.acquire())
         stopping = asyncio.ensure_future(stop.wait())
@@ -396,10 +399,12 @@ async def lead(elector: Elector, operate: Callable[[asyncio.Event], Awaitable[No
 
     # Started before the operator, which leaves the tasks it finds running alone when it stops.
     keeper = asyncio.create_task(keep(), name="leader election")
+    leading.set(1)
     try:
         await operate(stop)
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         await elector.release()
+        leading.set(0)
     return True

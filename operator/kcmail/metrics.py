@@ -65,6 +65,9 @@ TOKEN_EXPIRY = Gauge(
     "kcmail_token_expiry_timestamp_seconds",
     "When the token the last probe of a MailConfig obtained expires (Unix time).", ["namespace", "name"],
     registry=REGISTRY)
+LEADER = Gauge(
+    "kcmail_leader", "1 while this process holds its election's Lease and acts, 0 while it follows.",
+    ["lease"], registry=REGISTRY)
 MAILCONFIG_READY = Gauge(
     "kcmail_mailconfig_ready",
     "1 for each MailConfig, labelled with its Ready condition's status and reason as the operator last set it.",

@@ -3,6 +3,7 @@ must stop, and what a claim, a renewal and a release write."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kcmail import cli, leader
+from kcmail import cli, leader, metrics
 from kcmail.leader import (
     CLIENT_GO,
     Decision,
@@ -144,3 +145,35 @@ def test_a_lease_name_kubernetes_would_refuse_is_refused_at_once(name, capsys):
         cli.main(["run", f"--leader-election-id={name}"])
     assert exit_.value.code == 2
     assert f"{name!r} is not an object name" in capsys.readouterr().err
+
+
+class _InstantElector:
+    """Leads at once, keeps the Lease until cancelled, and records its release."""
+
+    namespace, name = "kcmail-system", "kcmail-shard-blue"
+
+    def __init__(self) -> None:
+        self.released = False
+
+    async def acquire(self) -> None:
+        return None
+
+    async def keep(self) -> None:
+        await asyncio.Event().wait()
+
+    async def release(self) -> None:
+        self.released = True
+
+
+async def test_the_leader_metric_is_1_while_this_process_acts_and_0_once_it_stopped():
+    elector = _InstantElector()
+    gauge = metrics.LEADER.labels("kcmail-system/kcmail-shard-blue")
+    seen: list[float] = []
+
+    async def operate(stop: asyncio.Event) -> None:
+        seen.append(gauge._value.get())
+
+    assert await leader.lead(elector, operate, liveness=None) is True  # type: ignore[arg-type]
+    assert seen == [1.0]
+    assert gauge._value.get() == 0.0
+    assert elector.released
