@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from bench.smtp_log import SmtpLog
 
 from kcmail.devenv import operator_env
 from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, wait_until
@@ -76,6 +77,8 @@ def test_two_operators_at_once_write_each_change_to_keycloak_once(tenant, candid
     assert httpx.get(follower.liveness, timeout=10).status_code == 200
     tenant.admin.record_admin_events(tenant.realm)
     before = _writes(tenant, tenant.realm)
+    smtp = SmtpLog(tenant.env.state_dir / "logs" / "smtp.log")
+    smtp_from = smtp.offset()
     tenant.apply(tenant.secret(), _mailconfig(tenant, "mail", tenant.realm, 0))
     tenant.wait_condition("True", "Delivering")
     changes = 3
@@ -83,8 +86,11 @@ def test_two_operators_at_once_write_each_change_to_keycloak_once(tenant, candid
         tenant.apply(_mailconfig(tenant, "mail", tenant.realm, version))
         tenant.wait_condition("True", "Delivering")
         assert tenant.smtp_server()["fromDisplayName"] == f"{tenant.realm} v{version}"
-    # The creation and each change: one write apiece, however many operators run.
+    # The creation and each change: one write apiece, however many operators run, and one probe apiece (a
+    # write makes the last probe stale), each an SMTP session of the test server's; nothing else sends there
+    # while the session's operator is stopped.
     assert _writes(tenant, tenant.realm) == before + 1 + changes
+    assert len(smtp.since(smtp_from)) == 1 + changes
     marker = f"MailConfig {tenant.namespace}/mail: reconciled"
     assert marker in leader.log()
     assert marker not in follower.log()
