@@ -241,3 +241,8 @@ def transitions(existing: Iterable[Mapping[str, Any]], merged: Iterable[Mapping[
                                   new_status=condition["status"], reason=condition["reason"],
                                   message=condition["message"]))
     return changes
+
+
+def condition_true(status: Mapping[str, Any], kind: str) -> bool:
+    """Whether ``status.conditions`` holds condition ``kind`` with status True (pure)."""
+    return any(c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or [])

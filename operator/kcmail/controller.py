@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kcmail import conditions, metrics
+from kcmail.conditions import condition_true
 from kcmail.connections import ConnectionKey
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, Kube, KubeError, secret_version
-from kcmail.listwatch import LISTED, RELISTED, WATCH_SECONDS, ListWatch
+from kcmail.listwatch import LISTED, PAGE_SIZE, RELISTED, WATCH_SECONDS, ListWatch
 from kcmail.reconcile import REQUESTED_AT, MailConfigObject, Reconciler, Result
 from kcmail.redact import redact
 from kcmail.schedule import phase, seconds_to_next_pass
@@ -41,8 +42,6 @@ FINALIZER = "kcmail.io/finalizer"
 FINALIZE_RETRY_SECONDS = 15.0
 # A pass whose spec cannot be read still runs again within this long.
 UNPARSED_INTERVAL_SECONDS = 600.0
-# MailConfigs listed per page at start-up and after the watch lost its place.
-PAGE_SIZE = 500
 # A failing Connection is checked again after a MailConfig pass got through it, at most this often.
 RECHECK_SECONDS = 30.0
 
@@ -52,11 +51,6 @@ log = logging.getLogger("kcmail")
 def mailconfigs_path(namespace: str | None) -> str:
     scope = "" if namespace is None else f"/namespaces/{namespace}"
     return f"/apis/{GROUP}/{VERSION}{scope}/{MAILCONFIGS}"
-
-
-def condition_true(status: Mapping[str, Any], kind: str) -> bool:
-    """Whether ``status.conditions`` holds condition ``kind`` with status True (pure)."""
-    return any(c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 def secret_is_news(uid: str, resource_version: str, applied_version: str | None) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kcmail.conditions import ConditionType, condition_true
 from kcmail.reconcile import Holder, MailConfigObject
 from kcmail.spec import ConnectionKind, MailConfigSpec, SpecError
 
@@ -64,8 +65,7 @@ def _refs(obj: MailConfigObject) -> _Refs:
     holder = None
     # A kind that is no ConnectionKind (an object that bypassed validation) holds nothing.
     if connection[0] in ConnectionKind.__members__.values():
-        applied = any(c.get("type") == "Applied" and c.get("status") == "True"
-                      for c in obj.status.get("conditions") or [])
+        applied = condition_true(obj.status, ConditionType.APPLIED.value)
         holder = Holder(namespace=obj.namespace, name=obj.name, uid=obj.uid, created=obj.created,
                         connection_kind=ConnectionKind(connection[0]), connection_name=connection[2], applied=applied)
     return _Refs(realm=str(spec.get("realm", "")), secret=(obj.namespace, secret_name) if secret_name else None,
