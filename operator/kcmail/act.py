@@ -1,5 +1,5 @@
-"""What a pass of the MailConfig reconcile does to the world once decide.py has decided: the realm write, the
-read-back after a claim, the probe. Nothing is decided here.
+"""What a pass of the MailConfig reconcile does to the world once decide.py has decided: the realm write and
+the probe. Nothing is decided here.
 
 Each act records what happened in :class:`Done`, a failure included, and never raises what it met: decide.py
 turns that into the pass's conditions and Events like any other outcome.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kcmail.conditions import Failure
@@ -24,10 +24,8 @@ class Done:
     """What the acts of a pass did."""
 
     wrote: bool = False
-    # Keycloak refused the write, or the read-back after it.
+    # Keycloak refused the write.
     failure: Failure | None = None
-    # The realm as read back after a claim.
-    read_back: Mapping[str, Any] | None = field(default=None, repr=False)
     probe: ProbeOutcome | None = None
     probed_at: datetime.datetime | None = None
 
@@ -41,16 +39,6 @@ async def write(keycloak: KeycloakClient, realm: str, representation: Mapping[st
     except KeycloakFailure as error:
         return Done(failure=error.failure)
     return Done(wrote=True)
-
-
-async def read_back(keycloak: KeycloakClient, realm: str, done: Done) -> Done:
-    """``done`` with the realm as it reads after the write: whose record stayed when two claims crossed."""
-    if not done.wrote:
-        return done
-    try:
-        return dataclasses.replace(done, read_back=await keycloak.read_realm(realm))
-    except KeycloakFailure as error:
-        return dataclasses.replace(done, failure=error.failure)
 
 
 async def probe(prober: Prober, planned: Probe, mailconfig: str, done: Done,

@@ -95,8 +95,6 @@ class Plan:
     status: Mapping[str, Any]
     # The realm representation to PUT (it carries the secrets); None: no write.
     write: Mapping[str, Any] | None = field(default=None, repr=False)
-    # After the PUT, read the realm back: a claim can cross another (act.read_back).
-    claiming: bool = False
     # The status fields and Events of a write that held.
     written: Mapping[str, Any] = field(default_factory=dict)
     events: Sequence[Event] = ()
@@ -176,7 +174,7 @@ def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, n
         events.append(Event("Warning", "RealmAdopted",
                             f"took realm {spec.realm!r} over from MailConfig {decision.adopted.mailconfig} "
                             f"(uid {decision.adopted.uid}), which no longer exists in this cluster"))
-    return Plan(outcome, status, write=with_owner(realm, desired, me), claiming=decision.claiming,
+    return Plan(outcome, status, write=with_owner(realm, desired, me),
                 written={"appliedSecretVersion": credentials.secret_version, "lastAppliedTime": _stamp(now)},
                 events=events, probe=probe)
 
@@ -209,7 +207,7 @@ def report(obj: MailConfigObject, plan: Plan, done: Done, now: datetime.datetime
     """The Result of a pass: its status patch with the conditions, the Events worth posting, whether to retry
     soon. ``done`` says what the acts did; what they did not get to is reported as not reached."""
     outcome, status, events = plan.outcome, dict(plan.status), []
-    failure = _write_failure(obj, plan, done)
+    failure = done.failure
     if failure is not None:
         outcome = dataclasses.replace(outcome, applied=failure)
     elif done.wrote:
@@ -227,8 +225,8 @@ def report(obj: MailConfigObject, plan: Plan, done: Done, now: datetime.datetime
 
 
 def probe_after(obj: MailConfigObject, plan: Plan, done: Done) -> Probe | None:
-    """The probe to run once the write is done: the plan's, unless the write failed or lost the realm."""
-    return plan.probe if _write_failure(obj, plan, done) is None else None
+    """The probe to run once the write is done: the plan's, unless the write failed."""
+    return plan.probe if done.failure is None else None
 
 
 def reported(obj: MailConfigObject, plan: Plan, interim: Result) -> tuple[MailConfigObject, Plan]:
@@ -242,26 +240,6 @@ def failed(obj: MailConfigObject, error: BaseException, now: datetime.datetime) 
     failure = Failure(Reason.INTERNAL_ERROR, f"the pass failed unexpectedly: {type(error).__name__}: "
                       f"{redact(error)}; kcmail retries with backoff, and its log has the details")
     return _result(obj, Outcome(applied=failure), {"observedGeneration": obj.generation}, [], now, wrote=False)
-
-
-def _write_failure(obj: MailConfigObject, plan: Plan, done: Done) -> Failure | None:
-    return done.failure or _claim_lost(obj, plan, done)
-
-
-def _claim_lost(obj: MailConfigObject, plan: Plan, done: Done) -> Failure | None:
-    """After a claim: whether another MailConfig's claim was written after this one's.
-
-    Keycloak has no conditional write, so two first claims can cross; the realm read back tells whose
-    record stayed, and only that MailConfig goes on.
-    """
-    if not plan.claiming or done.read_back is None:
-        return None
-    winner = recorded_owner(done.read_back)
-    if winner == _owner(obj):
-        return None
-    who = f"MailConfig {winner.mailconfig}" if winner is not None else "someone else"
-    return Failure(Reason.REALM_CONFLICT, f"{who} claimed this realm at the same moment and its record stayed; "
-                   "this one writes nothing until that one is deleted", needs_person=True)
 
 
 def _result(obj: MailConfigObject, outcome: Outcome, status: dict[str, Any], events: list[Event],

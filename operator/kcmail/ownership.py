@@ -99,15 +99,13 @@ class Decision:
 
     conflict: Failure | None = None
     adopted: Owner | None = None
-    # The realm named no one, or another: after the write, read it back to see whose record stayed.
-    claiming: bool = False
 
 
 def decide(recorded: Owner | None, me: Owner, lookup: Lookup | None, adopt: str | None) -> Decision:
     """``lookup``: what this cluster says of ``recorded`` (None when ``recorded`` is none or ``me``);
     ``adopt``: the value of the MailConfig's ``kcmail.io/adopt`` annotation."""
     if recorded is None:
-        return Decision(claiming=True)
+        return Decision()
     if recorded.uid == me.uid:
         return Decision()
     who = f"MailConfig {redact(recorded.mailconfig, limit=120)} (uid {redact(recorded.uid, limit=40)})"
@@ -116,7 +114,7 @@ def decide(recorded: Owner | None, me: Owner, lookup: Lookup | None, adopt: str 
             Reason.REALM_CONFLICT, f"{who} owns this realm's mail settings (the realm's {OWNER_ATTRIBUTE} "
             "attribute names it); this one writes nothing until that one is deleted", needs_person=True))
     if lookup is Lookup.ABSENT and adopt == recorded.uid:
-        return Decision(adopted=recorded, claiming=True)
+        return Decision(adopted=recorded)
     if lookup is Lookup.ABSENT:
         return Decision(conflict=Failure(
             Reason.REALM_CONFLICT, f"the realm's {OWNER_ATTRIBUTE} attribute names {who}, which does not exist "

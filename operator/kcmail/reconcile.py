@@ -131,8 +131,6 @@ class Reconciler:
                                         holders) as seen:  # the write right after the read it carries back
                 plan = decide.plan(obj, admitted, seen, self._now(), probes=self._prober is not None)
                 done = await act.write(keycloak, admitted.spec.realm, plan.write)
-            if plan.claiming:
-                done = await act.read_back(keycloak, admitted.spec.realm, done)
         probe = decide.probe_after(obj, plan, done)
         if probe is not None and self._prober is not None:
             if probe.stale and report is not None:

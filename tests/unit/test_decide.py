@@ -182,25 +182,8 @@ def test_adopting_a_gone_owners_realm_claims_it_and_says_so():
     plan = _plan(obj, RealmView(VERSION, _realm(_stored(_desired(obj)), OTHER), lookup=Lookup.ABSENT))
     assert plan.write is not None
     assert recorded_owner(plan.write) == ME
-    assert plan.claiming
     assert [(event.type, event.reason) for event in plan.events] == [("Normal", "OwnerRecorded"),
                                                                      ("Warning", "RealmAdopted")]
-
-
-def test_a_claim_that_another_crossed_reports_a_conflict_keeps_no_applied_status_and_does_not_probe():
-    obj = _obj()
-    plan = _plan(obj, RealmView(VERSION, _realm({"host": "hand-made"})))
-    assert plan.claiming
-    assert plan.probe is not None
-    lost = Done(wrote=True, read_back=_realm({"host": "theirs"}, OTHER))
-    assert decide.probe_after(obj, plan, lost) is None
-    result = decide.report(obj, plan, lost, NOW)
-    assert _ready(result) == ("False", "RealmConflict")
-    assert "appliedSecretVersion" not in result.status
-    assert result.wrote is True
-    assert "SettingsApplied" not in _events(result)
-    held = Done(wrote=True, read_back=plan.write)
-    assert decide.probe_after(obj, plan, held) == plan.probe
 
 
 # --- what a write is called -------------------------------------------------------------------------------
@@ -217,7 +200,7 @@ def test_a_first_write_is_settings_applied_and_records_the_write():
     plan = _plan(obj, RealmView(VERSION, _realm({"host": "hand-made"})))
     assert plan.write is not None
     assert plan.write["smtpServer"]["password"] == "smtp-password"
-    result = decide.report(obj, plan, Done(wrote=True, read_back=plan.write), NOW)
+    result = decide.report(obj, plan, Done(wrote=True), NOW)
     assert _events(result)[0] == "SettingsApplied"
     assert result.status["appliedSecretVersion"] == CREDENTIALS.secret_version
     assert result.status["lastAppliedTime"] == _stamp(NOW)
@@ -329,7 +312,7 @@ def test_no_probe_when_probes_are_off_or_kcmail_has_no_prober():
     fresh = _obj()
     unprobed = _plan(fresh, RealmView(VERSION, _realm({"host": "hand-made"})), probes=False)
     assert (unprobed.probe, unprobed.outcome.probes) == (None, Probes.OFF)
-    result = decide.report(fresh, unprobed, Done(wrote=True, read_back=unprobed.write), NOW)
+    result = decide.report(fresh, unprobed, Done(wrote=True), NOW)
     assert _ready(result) == ("True", "InSync")
 
 
@@ -340,7 +323,7 @@ def test_no_probe_when_probes_are_off_or_kcmail_has_no_prober():
 def test_only_a_probe_that_met_a_provider_down_for_now_is_retried_soon(smtp, retry):
     obj = _obj()
     plan = _plan(obj, RealmView(VERSION, _realm({"host": "hand-made"})))
-    done = Done(wrote=True, read_back=plan.write, probe=ProbeOutcome(smtp=smtp), probed_at=NOW)
+    done = Done(wrote=True, probe=ProbeOutcome(smtp=smtp), probed_at=NOW)
     result = decide.report(obj, plan, done, NOW)
     assert _ready(result) == ("False", smtp.reason.value)
     assert result.retry is retry
@@ -352,7 +335,7 @@ def test_a_successful_probe_stamps_its_time_and_the_tokens_expiry():
     obj = _obj()
     plan = _plan(obj, RealmView(VERSION, _realm({"host": "hand-made"})))
     expires = NOW + datetime.timedelta(hours=1)
-    done = Done(wrote=True, read_back=plan.write, probe=ProbeOutcome(smtp=True, token_expires_at=expires),
+    done = Done(wrote=True, probe=ProbeOutcome(smtp=True, token_expires_at=expires),
                 probed_at=NOW)
     result = decide.report(obj, plan, done, NOW)
     assert _ready(result) == ("True", "Delivering")
@@ -365,7 +348,7 @@ def test_after_an_interim_report_the_last_one_posts_no_event_twice():
     plan = _plan(obj, RealmView(VERSION, _realm({"host": "hand-made"})))
     assert plan.probe is not None
     assert plan.probe.stale
-    written = Done(wrote=True, read_back=plan.write)
+    written = Done(wrote=True)
     interim = decide.report(obj, plan, written, NOW)
     assert _ready(interim) == ("Unknown", "Progressing")
     assert _events(interim) == ["SettingsApplied"]
