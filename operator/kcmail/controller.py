@@ -1,12 +1,13 @@
 """From events to passes: kcmail's MailConfig watch, the keys its events and others' become, and the pass a
 worker runs for a key.
 
-A MailConfig's way from event to status:
+A MailConfig's way from event to status, in five modules:
 1. an event (of the MailConfig, a Secret it uses, its Connection) becomes its key in the work queue
    (``on_mailconfig``, ``on_secret``, ``on_connection``); nothing else starts a pass;
 2. kcmail.workqueue decides when the key runs: now, at its interval slot, or after its backoff;
-3. a worker runs ``process(key)``: the reconcile (kcmail.reconcile) of the object as last seen, then its
-   status and Events, and what the queue should do next.
+3. a worker runs ``process(key)``: :class:`Reconciler` takes the object as last seen (kcmail.store)
+   through kcmail.observe (the reads), kcmail.decide (every rule, pure) and kcmail.act (the writes and
+   the probe); ``process`` writes the status and Events and tells the queue what to do next.
 
 kcmail watches MailConfigs itself rather than through kopf: it keeps each as compact JSON (kcmail.store),
 can ask the API server for a label selector (shards), and manages its finalizer itself, so a deletion is
@@ -24,18 +25,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kcmail import conditions, metrics
+from kcmail import act, conditions, decide, metrics, observe
 from kcmail.conditions import condition_true
-from kcmail.connections import ConnectionKey
+from kcmail.connections import ConnectionKey, KeycloakClients, ResolvedConnections
+from kcmail.decide import REQUESTED_AT, Result
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, Kube, KubeError, secret_version
 from kcmail.listwatch import LISTED, PAGE_SIZE, RELISTED, WATCH_SECONDS, ListWatch
-from kcmail.reconcile import REQUESTED_AT, MailConfigObject, Reconciler, Result
+from kcmail.probes import Prober
 from kcmail.redact import redact
 from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.secretwatch import SecretEvent, SecretEventType
 from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
-from kcmail.store import ConnectionRef, Key, MailConfigStore, used_connection
+from kcmail.store import ConnectionRef, Holders, Key, MailConfigObject, MailConfigStore, used_connection
 from kcmail.workqueue import Next, Requeue, Retry, WorkQueue
+
+Report = Callable[[Result], Awaitable[None]]
 
 FINALIZER = "kcmail.io/finalizer"
 # A deletion that waits for Keycloak tries again within this long.
@@ -163,6 +167,68 @@ class ConnectionSecretIndices:
 
 def connection_key(ref: ConnectionRef) -> ConnectionKey:
     return ConnectionKey(ConnectionKind(ref[0]), ref[2], ref[1])
+
+
+class Reconciler:
+    """One pass of a MailConfig, as observe → decide → act, with what the stages share for the operator's
+    lifetime (the Kubernetes reads, the Keycloak clients, the Prober). kcmail.observe reads, kcmail.decide
+    decides from what was read (pure: every rule of a pass is there), kcmail.act writes and probes as
+    decided. The result is a status patch and the Events worth posting; ``Controller.process`` writes them.
+    """
+
+    def __init__(self, kube: Kube, clients: KeycloakClients, prober: Prober | None = None,
+                 now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC), *,
+                 namespaced_connections: bool = True) -> None:
+        """``namespaced_connections`` False: MailConfigs may use ClusterKeycloakConnections only
+        (``kcmail run --no-namespaced-connections``)."""
+        self._kube = kube
+        self._clients = clients
+        self.connections = ResolvedConnections(kube)
+        self._prober = prober
+        self._now = now
+        self._namespaced_connections = namespaced_connections
+
+    async def reconcile(self, obj: MailConfigObject, report: Report | None = None,
+                        holders: Holders = lambda realm: ()) -> Result:
+        """One pass. When a write or a new generation makes the last probe's results stale, ``report``
+        receives the status before the probe runs: Applied is news at once, while the probe may wait for a
+        free slot and then for the SMTP server's timeouts. ``holders(realm)``: the MailConfigs of this
+        cluster that name that realm (a realm that records no owner waits for the older one that wrote it)."""
+        inputs = await observe.inputs(self._kube, self.connections, obj,
+                                      namespaced_connections=self._namespaced_connections)
+        admitted = decide.admit(obj, inputs)
+        if isinstance(admitted, decide.Plan):
+            return decide.report(obj, admitted, act.Done(), self._now())
+        async with self._clients.using(admitted.connection) as keycloak, \
+                observe.keycloak(self._kube, keycloak, obj, admitted.spec, admitted.connection,
+                                 holders) as seen:  # the write right after the read it carries back
+            plan = decide.plan(obj, admitted, seen, self._now(), probes=self._prober is not None)
+            done = await act.write(keycloak, admitted.spec.realm, plan.write)
+        probe = decide.probe_after(obj, plan, done)
+        if probe is not None and self._prober is not None:
+            if probe.stale and report is not None:
+                interim = decide.report(obj, plan, done, self._now())
+                await report(interim)
+                obj, plan = decide.reported(obj, plan, interim)
+            done = await act.probe(self._prober, probe, obj.id, done, self._now)
+        return decide.report(obj, plan, done, self._now())
+
+    def failed(self, obj: MailConfigObject, error: BaseException) -> Result:
+        """The status of a pass that raised what no step expected: Ready=False, InternalError, retried."""
+        return decide.failed(obj, error, self._now())
+
+    async def finalize(self, obj: MailConfigObject) -> Result:
+        """Deletion: the owner of the realm takes its record away, and with ``deletionPolicy: Clear`` (unless
+        suspended) the realm's SMTP settings with it. A MailConfig the realm does not name touches nothing."""
+        inputs = await observe.deletion_inputs(self._kube, self.connections, obj,
+                                               namespaced_connections=self._namespaced_connections)
+        release = decide.release(obj, inputs, self._now())
+        if isinstance(release, Result):
+            return release
+        async with self._clients.using(release.connection) as keycloak, \
+                observe.realm(keycloak, release.spec.realm) as realm:  # the write right after the read
+            done = await act.write(keycloak, release.spec.realm, decide.release_write(obj, release, realm))
+        return decide.released(obj, release, realm, done, self._now())
 
 
 class Controller:

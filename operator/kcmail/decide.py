@@ -39,7 +39,7 @@ from kcmail.spec import AuthType, ConnectionKind, Credentials, DeletionPolicy, M
 if TYPE_CHECKING:
     from kcmail.act import Done
     from kcmail.observe import Inputs, RealmView
-    from kcmail.reconcile import MailConfigObject
+    from kcmail.store import MailConfigObject
 
 REQUESTED_AT = "kcmail.io/requested-at"
 

@@ -19,13 +19,13 @@ import kopf
 
 from kcmail.answers import TOKEN_ANSWER_LIMIT, limited_client
 from kcmail.apisession import bounded_session, connection_limit, login_info, rotating_token_file
+from kcmail.connection_status import check_connection
 from kcmail.connections import KeycloakClients, secret_refs, tls_context
-from kcmail.controller import ConnectionSecretIndices, Controller
+from kcmail.controller import ConnectionSecretIndices, Controller, Reconciler
 from kcmail.kube import PLURALS, Kube
 from kcmail.oauth import TokenClient
 from kcmail.options import OperatorOptions
 from kcmail.probes import Prober
-from kcmail.reconcile import Reconciler, check_connection
 from kcmail.secretwatch import SecretWatch
 from kcmail.spec import GROUP, VERSION, ConnectionKind
 from kcmail.store import ConnectionRef

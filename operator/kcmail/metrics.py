@@ -1,6 +1,6 @@
 """Every Prometheus metric the operator exports, in one place, and the HTTP server that serves them.
 
-The controller's passes and the Prober record into these; reconcile.py and the pure modules never import
+The controller's passes and the Prober record into these; observe, decide, act and the pure modules never import
 this module: timings travel back to the edges in results (probe Steps carry their seconds).
 ``docs/metrics.md`` documents each metric; a test keeps the page and this module equal.
 

@@ -32,7 +32,7 @@ from kcmail.smtp_settings import Version
 from kcmail.spec import AuthType, ConnectionKind, Credentials, MailConfigSpec, SpecError, value_problem
 
 if TYPE_CHECKING:
-    from kcmail.reconcile import Holder, Holders, MailConfigObject
+    from kcmail.store import Holder, Holders, MailConfigObject
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,84 @@ use a Secret (and at which version they applied it), and which use a Connection.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kcmail.conditions import ConditionType, condition_true
-from kcmail.reconcile import Holder, MailConfigObject
+from kcmail.decide import REQUESTED_AT
+from kcmail.ownership import ADOPT_ANNOTATION
 from kcmail.spec import ConnectionKind, MailConfigSpec, SpecError
+
+READ_ANNOTATIONS = frozenset({REQUESTED_AT, ADOPT_ANNOTATION})
+
+
+@dataclass(frozen=True)
+class MailConfigObject:
+    """The parts of a MailConfig a reconcile reads."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: str
+    annotations: Mapping[str, str]
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    # What the deletion needs: the finalizers in their order, whether a deletion was asked for, and the
+    # version a finalizer patch tests against.
+    finalizers: tuple[str, ...] = ()
+    deleting: bool = False
+    resource_version: str = ""
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> MailConfigObject:
+        meta = body.get("metadata", {})
+        # Only the annotations kcmail reads: kubectl's last-applied-configuration alone can double the size.
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in READ_ANNOTATIONS}
+        return cls(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
+                   generation=int(meta.get("generation", 0)), created=meta.get("creationTimestamp", ""),
+                   annotations=annotations, spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
+                   finalizers=tuple(meta.get("finalizers") or ()), deleting=bool(meta.get("deletionTimestamp")),
+                   resource_version=str(meta.get("resourceVersion", "")))
+
+    def pack(self) -> bytes:
+        """These fields as compact JSON: what a loop keeps between passes, far smaller than parsed dicts."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, data: bytes) -> MailConfigObject:
+        fields = json.loads(data)
+        return cls(**{**fields, "finalizers": tuple(fields.get("finalizers") or ())})
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Another MailConfig of this cluster that names the same realm, as kcmail's index shows it."""
+
+    namespace: str
+    name: str
+    uid: str
+    created: str
+    connection_kind: ConnectionKind
+    connection_name: str
+    # Its status says Applied=True: it passed its Connection's rules and Keycloak took its write.
+    applied: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+Holders = Callable[[str], Sequence[Holder]]
+
 
 # A Connection as the indices name it: (kind, namespace or None for a cluster-scoped one, name).
 ConnectionRef = tuple[str, str | None, str]

@@ -11,10 +11,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from kcmail.controller import Reconciler
 from kcmail.kube import Secret
 from kcmail.ownership import OWNER_ATTRIBUTE, Owner, with_owner
-from kcmail.reconcile import MailConfigObject, Reconciler
 from kcmail.spec import ConnectionKind
+from kcmail.store import MailConfigObject
 
 ME = Owner(uid="uid-me", mailconfig="tenant-a/mail")
 NOW = datetime.datetime(2026, 12, 6, 10, 0, tzinfo=datetime.UTC)

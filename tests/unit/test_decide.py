@@ -24,9 +24,9 @@ from kcmail.keycloak import AdminCredentials
 from kcmail.observe import Inputs, RealmView
 from kcmail.ownership import ADOPT_ANNOTATION, Lookup, Owner, recorded_owner, with_owner
 from kcmail.probes import ProbeOutcome
-from kcmail.reconcile import Holder, MailConfigObject
 from kcmail.smtp_settings import MASK, SECRET_KEYS, desired_smtp_server, diff
 from kcmail.spec import ConnectionKind, Credentials, MailConfigSpec, SpecError
+from kcmail.store import Holder, MailConfigObject
 
 pytestmark = pytest.mark.unit
 

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from kcmail import cli, handlers
+from kcmail.connection_status import check_connection
+from kcmail.controller import Reconciler
 from kcmail.kube import KubeError, Secret
 from kcmail.options import OperatorOptions
-from kcmail.reconcile import MailConfigObject, Reconciler, check_connection
 from kcmail.spec import ConnectionKind
+from kcmail.store import MailConfigObject
 
 pytestmark = pytest.mark.unit
 

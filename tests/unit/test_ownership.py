@@ -27,6 +27,7 @@ from reconcile_fakes import (
 )
 
 from kcmail.conditions import Failure, Reason
+from kcmail.controller import Reconciler
 from kcmail.keycloak import AdminCredentials, KeycloakClient, KeycloakFailure
 from kcmail.ownership import (
     ADOPT_ANNOTATION,
@@ -38,8 +39,8 @@ from kcmail.ownership import (
     recorded_owner,
     with_owner,
 )
-from kcmail.reconcile import Holder, MailConfigObject, Reconciler
 from kcmail.spec import ConnectionKind
+from kcmail.store import Holder, MailConfigObject
 
 pytestmark = pytest.mark.unit
 

@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 from reconcile_fakes import NOW, FakeClients, FakeKube, ready
 
+from kcmail.controller import Reconciler
 from kcmail.keycloak import AdminCredentials, KeycloakClient
-from kcmail.reconcile import MailConfigObject, Reconciler
+from kcmail.store import MailConfigObject
 
 pytestmark = pytest.mark.unit
 

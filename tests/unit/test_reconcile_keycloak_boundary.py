@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from kcmail.controller import Reconciler
 from kcmail.keycloak import AdminCredentials, KeycloakClient
 from kcmail.kube import Secret
-from kcmail.reconcile import MailConfigObject, Reconciler
 from kcmail.smtp_settings import Version
 from kcmail.spec import ConnectionKind
+from kcmail.store import MailConfigObject
 
 pytestmark = pytest.mark.unit
 

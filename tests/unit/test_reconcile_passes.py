@@ -11,8 +11,9 @@ import pytest
 from reconcile_fakes import NOW, FakeClients, FakeKeycloak, FakeKube, mailconfig, reconciler_for
 
 from kcmail.conditions import Failure, Reason
+from kcmail.controller import Reconciler
 from kcmail.probes import ProbeOutcome
-from kcmail.reconcile import MailConfigObject, Reconciler
+from kcmail.store import MailConfigObject
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kcmail.reconcile import Result
+from kcmail.decide import Result
 
 pytestmark = pytest.mark.unit
 

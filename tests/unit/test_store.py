@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kcmail.reconcile import REQUESTED_AT, MailConfigObject
-from kcmail.store import Key, MailConfigStore
+from kcmail.decide import REQUESTED_AT
+from kcmail.store import Key, MailConfigObject, MailConfigStore
 
 pytestmark = pytest.mark.unit
 

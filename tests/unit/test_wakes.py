@@ -20,10 +20,9 @@ from kcmail.controller import (
     wants_pass,
 )
 from kcmail.kube import secret_version
-from kcmail.reconcile import MailConfigObject
 from kcmail.secretwatch import SecretEvent, SecretEventType
 from kcmail.spec import ConnectionKind
-from kcmail.store import Key
+from kcmail.store import Key, MailConfigObject
 
 pytestmark = pytest.mark.unit
 
