@@ -18,6 +18,7 @@ Connections (their checks and timers), the login and the operator's lifecycle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import time
@@ -28,9 +29,10 @@ from typing import Any
 from kcmail import act, conditions, decide, metrics, observe
 from kcmail.conditions import condition_true
 from kcmail.connections import ConnectionKey, KeycloakClients, ResolvedConnections
-from kcmail.decide import REQUESTED_AT, Result
+from kcmail.decide import FORCE_APPLY, REQUESTED_AT, Result
 from kcmail.kube import MAILCONFIG_KIND, MAILCONFIGS, Kube, KubeError, secret_version
 from kcmail.listwatch import LISTED, PAGE_SIZE, RELISTED, WATCH_SECONDS, ListWatch
+from kcmail.ownership import ADOPT_ANNOTATION
 from kcmail.probes import Prober
 from kcmail.redact import redact
 from kcmail.schedule import phase, seconds_to_next_pass
@@ -42,6 +44,8 @@ from kcmail.workqueue import Next, Requeue, Retry, WorkQueue
 Report = Callable[[Result], Awaitable[None]]
 
 FINALIZER = "kcmail.io/finalizer"
+# Annotations whose change asks for a pass at once: a requested pass, a held change forced, an adoption.
+WAKING_ANNOTATIONS = (REQUESTED_AT, FORCE_APPLY, ADOPT_ANNOTATION)
 # A deletion that waits for Keycloak tries again within this long.
 FINALIZE_RETRY_SECONDS = 15.0
 # A pass whose spec cannot be read still runs again within this long.
@@ -78,14 +82,15 @@ def first_pass_can_wait(obj: MailConfigObject) -> bool:
     """
     status = obj.status
     return (status.get("observedGeneration") == obj.generation and condition_true(status, "Ready")
-            and obj.annotations.get(REQUESTED_AT) in (None, status.get("lastHandledRequestedAt")))
+            and obj.annotations.get(REQUESTED_AT) in (None, status.get("lastHandledRequestedAt"))
+            and obj.annotations.get(FORCE_APPLY) in (None, status.get("lastHandledForceApply")))
 
 
 def wants_pass(previous: MailConfigObject, now: MailConfigObject) -> bool:
-    """Whether an update of a kept MailConfig asks for a pass: its spec, a requested pass or its deletion,
-    never its own status writes."""
-    return ((previous.generation, previous.annotations.get(REQUESTED_AT), previous.deleting)
-            != (now.generation, now.annotations.get(REQUESTED_AT), now.deleting))
+    """Whether an update of a kept MailConfig asks for a pass: its spec, its deletion or one of the
+    WAKING_ANNOTATIONS, never its own status writes."""
+    return ((previous.generation, previous.deleting, *(previous.annotations.get(a) for a in WAKING_ANNOTATIONS))
+            != (now.generation, now.deleting, *(now.annotations.get(a) for a in WAKING_ANNOTATIONS)))
 
 
 def interval_seconds(obj: MailConfigObject) -> float:
@@ -199,11 +204,22 @@ class Reconciler:
         admitted = decide.admit(obj, inputs)
         if isinstance(admitted, decide.Plan):
             return decide.report(obj, admitted, act.Done(), self._now())
-        async with self._clients.using(admitted.connection) as keycloak, \
-                observe.keycloak(self._kube, keycloak, obj, admitted.spec, admitted.connection,
-                                 holders) as seen:  # the write right after the read it carries back
-            plan = decide.plan(obj, admitted, seen, self._now(), probes=self._prober is not None)
-            done = await act.write(keycloak, admitted.spec.realm, plan.write)
+        probes = self._prober is not None
+        async with self._clients.using(admitted.connection) as keycloak:
+            async with observe.keycloak(self._kube, keycloak, obj, admitted.spec, admitted.connection,
+                                        holders) as seen:  # the write right after the read it carries back
+                plan = decide.plan(obj, admitted, seen, self._now(), probes=probes)
+                done = await act.write(keycloak, admitted.spec.realm, plan.write)
+            if plan.try_first is not None and self._prober is not None:
+                # ProbeFirst: the candidate is probed outside the slot (a probe takes seconds), then the
+                # realm is read again, and the write, if the probe allows it, follows that read.
+                tried = await act.probe(self._prober, plan.try_first, obj.id, act.Done(), self._now)
+                async with observe.keycloak(self._kube, keycloak, obj, admitted.spec, admitted.connection,
+                                            holders) as seen:
+                    plan = decide.plan(obj, admitted, seen, self._now(), probes=probes, tried=tried)
+                    done = await act.write(keycloak, admitted.spec.realm, plan.write)
+                if plan.use_tried:
+                    done = dataclasses.replace(done, probe=tried.probe, probed_at=tried.probed_at)
         probe = decide.probe_after(obj, plan, done)
         if probe is not None and self._prober is not None:
             if probe.stale and report is not None:

@@ -11,12 +11,19 @@ A pass asks :func:`admit` (does it go on to Keycloak?), :func:`plan` (what to wr
 in the slot the realm was read in), :func:`probe_after` (does the probe stand once the write is done?) and
 :func:`report` (the Result of what the acts did; :func:`reported` after an interim one). A deletion asks
 :func:`release`, :func:`release_write` and :func:`released`.
+
+Safe changes (``changePolicy: ProbeFirst``, the default): a change of the settings the realm holds is
+probed before it is written. A plan may therefore ask to leave the slot and probe the candidate first
+(``Plan.try_first``); the pass then reads the realm again and plans with the probe's outcome (``tried``).
+A candidate that fails is held, and the realm keeps its settings, unless those are known to fail
+(:func:`current_settings`): a change that cannot make mail worse is applied at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,9 +39,19 @@ from kcmail.smtp_settings import (
     cleared_smtp_server,
     desired_smtp_server,
     needs_write,
+    settings_hash,
     version_text,
 )
-from kcmail.spec import AuthType, ConnectionKind, Credentials, DeletionPolicy, MailConfigSpec, ProbeMode, SpecError
+from kcmail.spec import (
+    AuthType,
+    ChangePolicy,
+    ConnectionKind,
+    Credentials,
+    DeletionPolicy,
+    MailConfigSpec,
+    ProbeMode,
+    SpecError,
+)
 
 if TYPE_CHECKING:
     from kcmail.act import Done
@@ -42,6 +59,8 @@ if TYPE_CHECKING:
     from kcmail.store import MailConfigObject
 
 REQUESTED_AT = "kcmail.io/requested-at"
+# Applies one held change without its probe; the value handled is echoed in status.lastHandledForceApply.
+FORCE_APPLY = "kcmail.io/force-apply"
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,28 @@ class Plan:
     written: Mapping[str, Any] = field(default_factory=dict)
     events: Sequence[Event] = ()
     probe: Probe | None = None
+    # ProbeFirst: probe these candidate settings outside the slot, then plan again with the outcome.
+    try_first: Probe | None = None
+    # The candidate's probe (``tried``) is this pass's probe of the settings it wrote.
+    use_tried: bool = False
+    # Names the desired settings (smtp_settings.settings_hash): a probe of them is recorded under it.
+    settings: str = ""
+
+
+class Verdict(enum.Enum):
+    WORKS = "works"
+    FAILS = "fails"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What is known of a set of settings, and in what words a status message says so."""
+
+    verdict: Verdict
+    said: str
+    # For failing settings: the step that failed and the server's words.
+    failure: Failure | None = None
 
 
 def admit(obj: MailConfigObject, seen: Inputs) -> Admitted | Plan:
@@ -137,9 +178,10 @@ def usable_connection(obj: MailConfigObject, spec: MailConfigSpec, seen: Inputs)
 
 
 def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, now: datetime.datetime, *,
-         probes: bool) -> Plan:
+         probes: bool, tried: Done | None = None) -> Plan:
     """What to write to the realm and whether to probe. ``seen``: the realm, or the failure to read Keycloak's
-    version; ``probes``: whether this kcmail probes at all."""
+    version; ``probes``: whether this kcmail probes at all; ``tried``: the probe of the candidate settings
+    that an earlier plan of this pass asked for (``Plan.try_first``)."""
     if isinstance(seen, Failure):
         return _ended(obj, Outcome(credentials=True, applied=seen))
     status = {**_status(obj), "keycloakVersion": version_text(seen.version)}
@@ -166,17 +208,153 @@ def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, n
     drifted, drift = needs_write(desired, realm.get("smtpServer"), secret_version=credentials.secret_version,
                                  applied_secret_version=obj.status.get("appliedSecretVersion"))
     write = drifted or recorded != me
+    named = settings_hash(desired, credentials.secret_version)
+    forced = _forced(obj)
     outcome, probe = _probe(obj, admitted, Outcome(credentials=True, applied=True), now, wrote=write, probes=probes)
     if not write:
-        return Plan(outcome, status, probe=probe)
+        return Plan(outcome, {**status, **forced}, probe=probe, settings=named)
+    use_tried = False
+    if drifted and _probes_first(spec, probes) and not forced:
+        # Settings that already fail (or none) give way at once: no candidate can make that worse.
+        current = current_settings(obj, realm.get("smtpServer") or {}, spec, now)
+        if current.verdict is not Verdict.FAILS:
+            candidate = _tried(tried) if tried is not None else _recorded(obj, named, spec, now)
+            if candidate is None:
+                return Plan(Outcome(credentials=True), status, try_first=Probe(spec, credentials, stale=True),
+                            settings=named)
+            if candidate.verdict is not Verdict.WORKS:
+                return _held(obj, status, candidate, current, now)
+        use_tried = tried is not None
+        if use_tried:
+            outcome, probe = dataclasses.replace(outcome, probes=_probes(spec)), None
     events = [_write_event(obj, drift.keys, rotated=drifted and not drift, owner_only=not drifted)]
     if decision.adopted is not None:
         events.append(Event("Warning", "RealmAdopted",
                             f"took realm {spec.realm!r} over from MailConfig {decision.adopted.mailconfig} "
                             f"(uid {decision.adopted.uid}), which no longer exists in this cluster"))
     return Plan(outcome, status, write=with_owner(realm, desired, me),
-                written={"appliedSecretVersion": credentials.secret_version, "lastAppliedTime": _stamp(now)},
-                events=events, probe=probe)
+                written={"appliedSecretVersion": credentials.secret_version, "lastAppliedTime": _stamp(now),
+                         **forced},
+                events=events, probe=probe, use_tried=use_tried, settings=named)
+
+
+def _forced(obj: MailConfigObject) -> dict[str, str]:
+    """The status echo of a kcmail.io/force-apply value not handled yet; empty when there is none."""
+    value = obj.annotations.get(FORCE_APPLY)
+    if value is None or value == obj.status.get("lastHandledForceApply"):
+        return {}
+    return {"lastHandledForceApply": value}
+
+
+def _probes_first(spec: MailConfigSpec, probes: bool) -> bool:
+    """Whether a change is probed before it is written: ProbeFirst, with probes that can run."""
+    return spec.change_policy is ChangePolicy.PROBE_FIRST and probes and spec.probe.smtp is not ProbeMode.OFF
+
+
+def _probes(spec: MailConfigSpec) -> Probes:
+    return Probes.TOKEN_AND_SMTP if spec.auth.type is AuthType.XOAUTH2 else Probes.SMTP
+
+
+def _tried(tried: Done) -> Evidence:
+    """What the candidate's probe in this pass found."""
+    result = tried.probe
+    if result is None:
+        return Evidence(Verdict.UNKNOWN, "were not probed")
+    failure = next((step for step in (result.token, result.smtp) if isinstance(step, Failure)), None)
+    if failure is not None:
+        return Evidence(Verdict.FAILS, "failed their probe", failure)
+    if result.smtp is True:
+        return Evidence(Verdict.WORKS, "passed their probe")
+    return Evidence(Verdict.UNKNOWN, "were not probed to the end")
+
+
+def _recorded(obj: MailConfigObject, named: str, spec: MailConfigSpec, now: datetime.datetime) -> Evidence | None:
+    """What this MailConfig's last probe found of the settings ``named``, if it probed exactly those within
+    the last interval (a correction of drift: the realm was changed, the desired settings were not); None
+    when a probe must tell."""
+    if obj.status.get("probedSettingsHash") != named or not _recent(obj.status.get("lastProbeTime"), spec, now):
+        return None
+    evidence = _last_probe(obj)
+    return evidence if evidence.verdict is not Verdict.UNKNOWN else None
+
+
+def current_settings(obj: MailConfigObject, stored: Mapping[str, Any], spec: MailConfigSpec,
+                     now: datetime.datetime) -> Evidence:
+    """What is known of the settings the realm holds now (``stored``, its smtpServer map).
+
+    Only kcmail's own probes count, and only of exactly these settings (their hash, with the Secret version
+    kcmail last wrote, is the one status records for the last probe). Settings nobody probed, or probed
+    long ago, are unknown: a held change keeps them, since they may well deliver; only settings known to
+    fail, or no settings at all, give way to a candidate that fails too.
+    """
+    if not stored.get("host"):
+        return Evidence(Verdict.FAILS, "the realm has no SMTP settings")
+    held = settings_hash(stored, str(obj.status.get("appliedSecretVersion") or ""))
+    if held != obj.status.get("probedSettingsHash"):
+        return Evidence(Verdict.UNKNOWN, "the realm's current settings, which kcmail has not probed (they were "
+                        "set outside kcmail, or by a kcmail that did not record its probes), stay")
+    evidence = _last_probe(obj)
+    if evidence.verdict is Verdict.WORKS and not _recent(obj.status.get("lastSuccessfulProbeTime"), spec, now):
+        return Evidence(Verdict.UNKNOWN, f"the realm keeps its current settings, which delivered when kcmail "
+                        f"last probed them ({obj.status.get('lastSuccessfulProbeTime')})")
+    return evidence
+
+
+def _last_probe(obj: MailConfigObject) -> Evidence:
+    """The verdict of the probe conditions in status (about the settings status.probedSettingsHash names)."""
+    previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
+    token = previous.get(ConditionType.TOKEN_ACQUIRED.value) or {}
+    smtp = previous.get(ConditionType.SMTP_AUTHENTICATED.value) or {}
+    for condition in (token, smtp):
+        if condition.get("status") == "False":
+            try:
+                reason = Reason(condition.get("reason"))
+            except ValueError:
+                reason = Reason.SMTP_CONVERSATION_FAILED
+            failure = Failure(reason, str(condition.get("message", "")))
+            return Evidence(Verdict.FAILS, f"they failed their last probe ({reason.value})", failure)
+    if smtp.get("status") == "True" and token.get("status") in (None, "True"):
+        return Evidence(Verdict.WORKS, f"the realm keeps its current settings, which delivered at their last "
+                        f"probe ({obj.status.get('lastSuccessfulProbeTime')}): mail still goes out with them")
+    return Evidence(Verdict.UNKNOWN, "the realm's current settings, not yet probed by kcmail, stay")
+
+
+def _recent(stamp: object, spec: MailConfigSpec, now: datetime.datetime) -> bool:
+    """Whether ``stamp`` lies within the last interval (and a minute for the pass's own delay)."""
+    moment = _parse(stamp)
+    return moment is not None and now - moment <= spec.interval + datetime.timedelta(minutes=1)
+
+
+def _parse(stamp: object) -> datetime.datetime | None:
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _held(obj: MailConfigObject, status: dict[str, Any], candidate: Evidence, current: Evidence,
+          now: datetime.datetime) -> Plan:
+    """A change that is not written: the candidate failed (or could not be probed), and the realm's settings
+    may still deliver. The probe conditions stay those of the realm's settings."""
+    failure = candidate.failure
+    step = f"{failure.reason.value}: {failure.message}" if failure is not None else candidate.said
+    message = (f"change held: the new settings failed their probe before being written ({step}). Nothing was "
+               f"written: {current.said}. kcmail writes the change once its probe passes (it tries again with "
+               f"backoff) or its inputs change; annotate {FORCE_APPLY}=<any new value> to write it anyway")
+    previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
+    outcome = Outcome(credentials=True, applied=Failure(Reason.CHANGE_HELD, message), probes=_probes_from(previous),
+                      token=_carried(previous.get(ConditionType.TOKEN_ACQUIRED.value)),
+                      smtp=_carried(previous.get(ConditionType.SMTP_AUTHENTICATED.value)))
+    return Plan(outcome, status)
+
+
+def _probes_from(previous: Mapping[str, Any]) -> Probes:
+    """Which probe conditions the status shows, to carry them while a change is held."""
+    if ConditionType.TOKEN_ACQUIRED.value in previous:
+        return Probes.TOKEN_AND_SMTP
+    return Probes.SMTP
 
 
 def _probe(obj: MailConfigObject, admitted: Admitted, outcome: Outcome, now: datetime.datetime, *, wrote: bool,
@@ -186,8 +364,7 @@ def _probe(obj: MailConfigObject, admitted: Admitted, outcome: Outcome, now: dat
     spec = admitted.spec
     if spec.probe.smtp is ProbeMode.OFF or not probes:
         return outcome, None
-    outcome = dataclasses.replace(
-        outcome, probes=Probes.TOKEN_AND_SMTP if spec.auth.type is AuthType.XOAUTH2 else Probes.SMTP)
+    outcome = dataclasses.replace(outcome, probes=_probes(spec))
     previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
     last_smtp = previous.get(ConditionType.SMTP_AUTHENTICATED.value) or {}
     stale = wrote or last_smtp.get("observedGeneration") != obj.generation
@@ -217,6 +394,7 @@ def report(obj: MailConfigObject, plan: Plan, done: Done, now: datetime.datetime
         result = done.probe
         outcome = dataclasses.replace(outcome, token=result.token, smtp=result.smtp)
         status["lastProbeTime"] = _stamp(done.probed_at)
+        status["probedSettingsHash"] = plan.settings
         if result.token_expires_at is not None:
             status["tokenExpiresAt"] = _stamp(result.token_expires_at)
         if result.smtp is True and result.token in (True, None):
@@ -225,7 +403,8 @@ def report(obj: MailConfigObject, plan: Plan, done: Done, now: datetime.datetime
 
 
 def probe_after(obj: MailConfigObject, plan: Plan, done: Done) -> Probe | None:
-    """The probe to run once the write is done: the plan's, unless the write failed."""
+    """The probe to run once the write is done: the plan's, unless the write failed (a candidate probed
+    before its write has no probe after it: the plan has none)."""
     return plan.probe if done.failure is None else None
 
 

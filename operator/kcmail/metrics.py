@@ -59,6 +59,9 @@ PROBE_DURATION = Histogram(
     "Time each probe stage took: token (a request to the token endpoint; cached tokens are not counted), "
     "connect, ehlo, starttls, auth, send.",
     ["stage"], registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+CHANGE_HOLDS = Counter(
+    "kcmail_change_holds", "Passes that held a change back: its probe failed while the realm's settings may "
+    "still deliver (ChangeHeld).", registry=REGISTRY)
 PROBES_IN_FLIGHT = Gauge(
     "kcmail_probes_in_flight", "Probes running now; never above --probe-concurrency.", registry=REGISTRY)
 TOKEN_EXPIRY = Gauge(
@@ -128,6 +131,9 @@ def record_pass(namespace: str, name: str, status: Mapping[str, Any], previous: 
     RECONCILE_DURATION.observe(seconds)
     if ready is not None:
         _set_ready(namespace, name, str(ready.get("status")), str(ready.get("reason")))
+    applied = _condition(status, ConditionType.APPLIED)
+    if applied is not None and applied.get("reason") == Reason.CHANGE_HELD.value:
+        CHANGE_HOLDS.inc()
     if _condition(status, ConditionType.TOKEN_ACQUIRED) is None:
         # Not XOAUTH2, probes off, or not reached: there is no token to speak of.
         _remove(TOKEN_EXPIRY, namespace, name)

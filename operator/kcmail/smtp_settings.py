@@ -5,6 +5,8 @@ Pure functions: no I/O. Keycloak's key names live here and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,3 +159,17 @@ def needs_write(desired: Mapping[str, str], actual: Mapping[str, str] | None, *,
     uses_secret = any(key in desired for key in SECRET_KEYS)
     rotated = uses_secret and secret_version != (applied_secret_version or "")
     return bool(drift) or rotated, drift
+
+
+def settings_hash(settings: Mapping[str, str], secret_version: str) -> str:
+    """A short hash that names one set of SMTP settings: the non-secret values, which secret keys are set,
+    and the version of the Secret the secrets came from. Never a hash of a secret value (status shows it).
+
+    A desired map and the realm's map that holds it (its secrets masked), with the Secret's version kcmail
+    wrote, hash alike: so status can say which settings the last probe checked, and a later pass can tell
+    whether the realm still holds them.
+    """
+    named = sorted((key, bool(value) if key in SECRET_KEYS else str(value))
+                   for key, value in settings.items() if value not in ("", None))
+    text = json.dumps([named, secret_version], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -89,6 +89,13 @@ class DeletionPolicy(enum.StrEnum):
     CLEAR = "Clear"
 
 
+class ChangePolicy(enum.StrEnum):
+    # A change is probed before it is written, and held while it fails and the realm's settings work.
+    PROBE_FIRST = "ProbeFirst"
+    # A change is written at once and probed after, as kcmail did before change policies.
+    IMMEDIATE = "Immediate"
+
+
 class ConnectionKind(enum.StrEnum):
     NAMESPACED = "KeycloakConnection"
     CLUSTER = "ClusterKeycloakConnection"
@@ -185,6 +192,7 @@ class MailConfigSpec:
     interval: datetime.timedelta
     suspend: bool
     deletion_policy: DeletionPolicy
+    change_policy: ChangePolicy = ChangePolicy.PROBE_FIRST
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> MailConfigSpec:
@@ -252,6 +260,7 @@ class MailConfigSpec:
             interval=duration(spec.get("interval", "10m"), "interval"),
             suspend=bool(spec.get("suspend", False)),
             deletion_policy=_enum(DeletionPolicy, spec.get("deletionPolicy", "Retain"), "deletionPolicy"),
+            change_policy=_enum(ChangePolicy, spec.get("changePolicy", "ProbeFirst"), "changePolicy"),
         )
 
 

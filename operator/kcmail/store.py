@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcmail.conditions import ConditionType, condition_true
-from kcmail.decide import REQUESTED_AT
+from kcmail.decide import FORCE_APPLY, REQUESTED_AT
 from kcmail.ownership import ADOPT_ANNOTATION
 from kcmail.spec import ConnectionKind, MailConfigSpec, SpecError
 
-READ_ANNOTATIONS = frozenset({REQUESTED_AT, ADOPT_ANNOTATION})
+READ_ANNOTATIONS = frozenset({REQUESTED_AT, ADOPT_ANNOTATION, FORCE_APPLY})
 
 
 @dataclass(frozen=True)

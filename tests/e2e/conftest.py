@@ -6,6 +6,7 @@ tests never see each other's objects.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import pytest
 from kcmail.devenv import operator_env
 from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
+from kcmail.devenv.mail_spool import RecordedMessage, wait_for_message
 from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, port_open, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,10 +210,32 @@ class Tenant:
     def smtp_server(self) -> dict[str, str]:
         return dict(self.admin.realm(self.realm).get("smtpServer") or {})
 
+    def send_test_mail(self, client_id: str) -> RecordedMessage:
+        """Keycloak's own "Test connection" with the settings the realm holds (it fills in the stored secret),
+        and the mail the SMTP server received from it with a token of ``client_id``."""
+        since = datetime.datetime.now(datetime.UTC)
+        sent = self.admin.request("POST", f"/{self.realm}/testSMTPConnection", json=self.smtp_server())
+        assert sent.status_code == 204, sent.text
+        return wait_for_message(self.env.smtp_spool, lambda m: m.received_at >= since
+                                and self.env.keycloak_admin_email in m.rcpt_tos
+                                and m.auth is not None and m.auth.client_id == client_id, timeout=30)
+
+    def realm_writes(self) -> int:
+        """PUTs of the realm so far, counted by Keycloak's admin events (after ``admin.record_admin_events``)."""
+        return len(self.admin.admin_events(self.realm, operation="UPDATE", resource_type="REALM"))
+
     def events(self, name: str = "mail") -> list[dict[str, Any]]:
         result = self.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)["items"]
+
+
+@pytest.fixture
+def rotation_client(tenant) -> str:
+    """The issuer client whose secret this test may regenerate (the SMTP server lets it send as no-reply@)."""
+    client_id = tenant.env.issuer_rotation_client_id
+    assert client_id, "this environment predates the rotation client: restart it with `kcmail dev down` and `up`"
+    return client_id
 
 
 @pytest.fixture

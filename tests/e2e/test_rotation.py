@@ -9,7 +9,6 @@ import time
 import pytest
 
 from kcmail.devenv.clients import issuer_token
-from kcmail.devenv.mail_spool import RecordedMessage, wait_for_message
 
 pytestmark = pytest.mark.e2e
 
@@ -17,26 +16,8 @@ pytestmark = pytest.mark.e2e
 WITHIN_SECONDS = 15
 
 
-@pytest.fixture
-def rotation_client(tenant) -> str:
-    """The issuer client whose secret this test may regenerate (the SMTP server lets it send as no-reply@)."""
-    client_id = tenant.env.issuer_rotation_client_id
-    assert client_id, "this environment predates the rotation client: restart it with `kcmail dev down` and `up`"
-    return client_id
-
-
 def _stamp(text: str) -> datetime.datetime:
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-
-
-def _send_test_mail(tenant, client_id: str) -> RecordedMessage:
-    """Keycloak's own "Test connection" with the settings the realm holds (it fills in the stored secret)."""
-    since = datetime.datetime.now(datetime.UTC)
-    sent = tenant.admin.request("POST", f"/{tenant.realm}/testSMTPConnection", json=tenant.smtp_server())
-    assert sent.status_code == 204, sent.text
-    return wait_for_message(tenant.env.smtp_spool, lambda m: m.received_at >= since
-                            and tenant.env.keycloak_admin_email in m.rcpt_tos
-                            and m.auth is not None and m.auth.client_id == client_id, timeout=30)
 
 
 def test_secret_rotation_reaches_keycloak_and_keycloak_sends_with_the_new_secret(operator, tenant, rotation_client):
@@ -44,7 +25,7 @@ def test_secret_rotation_reaches_keycloak_and_keycloak_sends_with_the_new_secret
     old_secret = tenant.admin.regenerate_client_secret(issuer, rotation_client)
     tenant.apply(tenant.secret(**{"client-id": rotation_client, "client-secret": old_secret}), tenant.mailconfig())
     first = tenant.wait_condition("True", "Delivering")["status"]
-    before = _send_test_mail(tenant, rotation_client)
+    before = tenant.send_test_mail(rotation_client)
     assert before.auth is not None
     assert before.auth.token_id
     pid = operator.process.pid
@@ -68,7 +49,7 @@ def test_secret_rotation_reaches_keycloak_and_keycloak_sends_with_the_new_secret
 
     # Keycloak caches its token per realm and per secret: a new token proves a new secret, and the old
     # one no longer gets any, so the new secret is the one Keycloak used.
-    after = _send_test_mail(tenant, rotation_client)
+    after = tenant.send_test_mail(rotation_client)
     assert after.auth is not None
     assert after.auth.token_id not in (None, before.auth.token_id)
 

@@ -44,6 +44,9 @@ CLUSTER_REF = {"kind": "ClusterKeycloakConnection", "name": "main"}
 
 def _obj(*, status: dict[str, Any] | None = None, generation: int = 1, annotations: dict[str, str] | None = None,
          **spec: Any) -> MailConfigObject:
+    """A MailConfig whose changes are written at once (``changePolicy: Immediate``) unless ``spec`` says
+    otherwise: the rules of a write itself. ProbeFirst's own rules have their section below."""
+    spec = {"changePolicy": "Immediate", **spec}
     return dataclasses.replace(mailconfig(annotations, **spec), status=status or {}, generation=generation)
 
 

@@ -80,11 +80,13 @@ async def test_a_probe_that_met_a_provider_down_for_now_is_tried_again_with_back
     prober = ScriptedProber(ProbeOutcome(smtp=failure), ProbeOutcome(smtp=True), ProbeOutcome(smtp=True))
     reconciler = Reconciler(FakeKube(), FakeClients(FakeKeycloak()), prober,  # type: ignore[arg-type]
                             now=lambda: NOW)
-    first = await reconciler.reconcile(mailconfig())
+    # Probed after the write, as the realm's hand-made settings would otherwise hold a failing change.
+    written = mailconfig(changePolicy="Immediate")
+    first = await reconciler.reconcile(written)
     assert (prober.calls, first.retry) == (1, again)
     # The next pass comes seconds later (the backoff), well inside the interval: it probes only after a
     # transient failure.
-    after_first = _next(mailconfig(), first.status)
+    after_first = _next(written, first.status)
     second = await reconciler.reconcile(after_first)
     assert prober.calls == (2 if again else 1)
     assert second.retry is False
