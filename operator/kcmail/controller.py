@@ -204,22 +204,25 @@ class Reconciler:
         admitted = decide.admit(obj, inputs)
         if isinstance(admitted, decide.Plan):
             return decide.report(obj, admitted, act.Done(), self._now())
-        probes = self._prober is not None
+        tried = rechecked = None
         async with self._clients.using(admitted.connection) as keycloak:
-            async with observe.keycloak(self._kube, keycloak, obj, admitted.spec, admitted.connection,
-                                        holders) as seen:  # the write right after the read it carries back
-                plan = decide.plan(obj, admitted, seen, self._now(), probes=probes)
-                done = await act.write(keycloak, admitted.spec.realm, plan.write)
-            if plan.try_first is not None and self._prober is not None:
-                # ProbeFirst: the candidate is probed outside the slot (a probe takes seconds), then the
-                # realm is read again, and the write, if the probe allows it, follows that read.
-                tried = await act.probe(self._prober, plan.try_first, obj.id, act.Done(), self._now)
+            # ProbeFirst may ask to probe the candidate, then the realm's current settings, each outside the
+            # slot (a probe takes seconds); the realm is read again after each, and a write follows the read.
+            for _ in range(3):
                 async with observe.keycloak(self._kube, keycloak, obj, admitted.spec, admitted.connection,
-                                            holders) as seen:
-                    plan = decide.plan(obj, admitted, seen, self._now(), probes=probes, tried=tried)
+                                            holders) as seen:  # the write right after the read it carries back
+                    plan = decide.plan(obj, admitted, seen, self._now(), probes=self._prober is not None,
+                                       tried=tried, rechecked=rechecked)
                     done = await act.write(keycloak, admitted.spec.realm, plan.write)
-                if plan.use_tried:
-                    done = dataclasses.replace(done, probe=tried.probe, probed_at=tried.probed_at)
+                if self._prober is None or (plan.try_first is None and plan.recheck is None):
+                    break
+                if plan.try_first is not None:
+                    tried = await act.probe(self._prober, plan.try_first, obj.id, act.Done(), self._now)
+                elif plan.recheck is not None:
+                    rechecked = await act.probe(self._prober, plan.recheck, obj.id, act.Done(), self._now)
+        for used, outcome in ((plan.use_tried, tried), (plan.use_rechecked, rechecked)):
+            if used and outcome is not None:
+                done = dataclasses.replace(done, probe=outcome.probe, probed_at=outcome.probed_at)
         probe = decide.probe_after(obj, plan, done)
         if probe is not None and self._prober is not None:
             if probe.stale and report is not None:

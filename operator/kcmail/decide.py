@@ -40,6 +40,7 @@ from kcmail.smtp_settings import (
     desired_smtp_server,
     needs_write,
     settings_hash,
+    stored_as_spec,
     version_text,
 )
 from kcmail.spec import (
@@ -120,8 +121,13 @@ class Plan:
     probe: Probe | None = None
     # ProbeFirst: probe these candidate settings outside the slot, then plan again with the outcome.
     try_first: Probe | None = None
+    # ProbeFirst, a candidate failed: probe the realm's current settings (last probed over an interval ago)
+    # outside the slot, then plan again with both outcomes.
+    recheck: Probe | None = None
     # The candidate's probe (``tried``) is this pass's probe of the settings it wrote.
     use_tried: bool = False
+    # A held change: the current settings' probe (``rechecked``) is this pass's probe, of ``settings``.
+    use_rechecked: bool = False
     # Names the desired settings (smtp_settings.settings_hash): a probe of them is recorded under it.
     settings: str = ""
 
@@ -140,6 +146,8 @@ class Evidence:
     said: str
     # For failing settings: the step that failed and the server's words.
     failure: Failure | None = None
+    # Known from a probe over an interval ago: worth probing again before a failing change is held on it.
+    stale: bool = False
 
 
 def admit(obj: MailConfigObject, seen: Inputs) -> Admitted | Plan:
@@ -178,10 +186,11 @@ def usable_connection(obj: MailConfigObject, spec: MailConfigSpec, seen: Inputs)
 
 
 def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, now: datetime.datetime, *,
-         probes: bool, tried: Done | None = None) -> Plan:
+         probes: bool, tried: Done | None = None, rechecked: Done | None = None) -> Plan:
     """What to write to the realm and whether to probe. ``seen``: the realm, or the failure to read Keycloak's
-    version; ``probes``: whether this kcmail probes at all; ``tried``: the probe of the candidate settings
-    that an earlier plan of this pass asked for (``Plan.try_first``)."""
+    version; ``probes``: whether this kcmail probes at all; ``tried`` and ``rechecked``: the probes of the
+    candidate and of the realm's current settings that earlier plans of this pass asked for
+    (``Plan.try_first``, ``Plan.recheck``)."""
     if isinstance(seen, Failure):
         return _ended(obj, Outcome(credentials=True, applied=seen))
     status = {**_status(obj), "keycloakVersion": version_text(seen.version)}
@@ -223,7 +232,20 @@ def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, n
                 return Plan(Outcome(credentials=True), status, try_first=Probe(spec, credentials, stale=True),
                             settings=named)
             if candidate.verdict is not Verdict.WORKS:
-                return _held(obj, status, candidate, current, now)
+                stored = realm.get("smtpServer") or {}
+                if rechecked is None:
+                    again = _recheck(obj, spec, stored, credentials, current)
+                    if again is not None:
+                        return Plan(Outcome(credentials=True), status, recheck=again, settings=named)
+                elif rechecked.probe is not None:
+                    current = _rechecked(_tried(rechecked))
+                    if current.verdict is not Verdict.FAILS:
+                        held = settings_hash(stored, str(obj.status.get("appliedSecretVersion") or ""))
+                        kind = Probes.SMTP if rechecked.probe.token is None else Probes.TOKEN_AND_SMTP
+                        return dataclasses.replace(_held(obj, status, candidate, current, now, probed=kind),
+                                                   use_rechecked=True, settings=held)
+                if current.verdict is not Verdict.FAILS:
+                    return _held(obj, status, candidate, current, now)
         use_tried = tried is not None
         if use_tried:
             outcome, probe = dataclasses.replace(outcome, probes=_probes(spec)), None
@@ -296,7 +318,7 @@ def current_settings(obj: MailConfigObject, stored: Mapping[str, Any], spec: Mai
     evidence = _last_probe(obj)
     if evidence.verdict is Verdict.WORKS and not _recent(obj.status.get("lastSuccessfulProbeTime"), spec, now):
         return Evidence(Verdict.UNKNOWN, f"the realm keeps its current settings, which delivered when kcmail "
-                        f"last probed them ({obj.status.get('lastSuccessfulProbeTime')})")
+                        f"last probed them ({obj.status.get('lastSuccessfulProbeTime')})", stale=True)
     return evidence
 
 
@@ -334,17 +356,44 @@ def _parse(stamp: object) -> datetime.datetime | None:
         return None
 
 
+def _recheck(obj: MailConfigObject, spec: MailConfigSpec, stored: Mapping[str, str], credentials: Credentials,
+             current: Evidence) -> Probe | None:
+    """The probe of the realm's current settings, when what status knows of them is over an interval old and
+    kcmail can present what Keycloak would: they are the settings it last probed, and their secret is the
+    Secret's value it reads now (a spec edit; after a rotation the old secret is gone)."""
+    if not current.stale:
+        return None
+    applied = str(obj.status.get("appliedSecretVersion") or "")
+    known = credentials if credentials.secret_version == applied else None
+    rebuilt = stored_as_spec(spec, stored, known)
+    return Probe(rebuilt[0], rebuilt[1], stale=False) if rebuilt is not None else None
+
+
+def _rechecked(found: Evidence) -> Evidence:
+    """What the probe of the realm's current settings in this pass found, in a held change's words."""
+    if found.verdict is Verdict.WORKS:
+        return Evidence(Verdict.WORKS, "the realm keeps its current settings, which passed their probe just now: "
+                        "mail still goes out with them")
+    if found.verdict is Verdict.FAILS:
+        return found
+    return Evidence(Verdict.UNKNOWN, "the realm keeps its current settings, whose probe just now ended early")
+
+
 def _held(obj: MailConfigObject, status: dict[str, Any], candidate: Evidence, current: Evidence,
-          now: datetime.datetime) -> Plan:
+          now: datetime.datetime, *, probed: Probes | None = None) -> Plan:
     """A change that is not written: the candidate failed (or could not be probed), and the realm's settings
-    may still deliver. The probe conditions stay those of the realm's settings."""
+    may still deliver. The probe conditions stay those of the realm's settings (``probed``: this pass probed
+    them, which probes ran; its probe gives the conditions)."""
     failure = candidate.failure
     step = f"{failure.reason.value}: {failure.message}" if failure is not None else candidate.said
     message = (f"change held: the new settings failed their probe before being written ({step}). Nothing was "
                f"written: {current.said}. kcmail writes the change once its probe passes (it tries again with "
                f"backoff) or its inputs change; annotate {FORCE_APPLY}=<any new value> to write it anyway")
     previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
-    outcome = Outcome(credentials=True, applied=Failure(Reason.CHANGE_HELD, message), probes=_probes_from(previous),
+    held = Failure(Reason.CHANGE_HELD, message)
+    if probed is not None:
+        return Plan(Outcome(credentials=True, applied=held, probes=probed), status)
+    outcome = Outcome(credentials=True, applied=held, probes=_probes_from(previous),
                       token=_carried(previous.get(ConditionType.TOKEN_ACQUIRED.value)),
                       smtp=_carried(previous.get(ConditionType.SMTP_AUTHENTICATED.value)))
     return Plan(outcome, status)

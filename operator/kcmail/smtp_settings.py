@@ -5,13 +5,23 @@ Pure functions: no I/O. Keycloak's key names live here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kcmail.spec import AuthType, Credentials, MailConfigSpec, Security
+from kcmail.spec import (
+    AuthSpec,
+    AuthType,
+    ClientSecretRef,
+    Credentials,
+    MailConfigSpec,
+    Security,
+    XOAuth2Spec,
+)
 
 # What GET /admin/realms/{realm} shows in place of a stored secret.
 MASK = "**********"
@@ -173,3 +183,45 @@ def settings_hash(settings: Mapping[str, str], secret_version: str) -> str:
                    for key, value in settings.items() if value not in ("", None))
     text = json.dumps([named, secret_version], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stored_as_spec(spec: MailConfigSpec, stored: Mapping[str, str],
+                   credentials: Credentials | None) -> tuple[MailConfigSpec, Credentials] | None:
+    """The settings a realm holds (``stored``, secrets masked) as a spec and credentials a probe can use, or
+    None when kcmail cannot know what Keycloak would present.
+
+    ``credentials``: the secret values the realm holds, which kcmail knows only when it wrote them from the
+    Secret version it reads now (None otherwise). A secret Keycloak shows unmasked is a vault reference,
+    which only Keycloak resolves. Everything else (host, port, TLS, user, token URL, scope, client ID,
+    timeouts, sender) is read from the realm, over ``spec``'s values.
+    """
+    host, port = stored.get("host", ""), stored.get("port", "25")
+    if not host or not port.isdigit():
+        return None
+    if stored.get("ssl") == "true":
+        security = Security.SSL
+    elif stored.get("starttls") == "true":
+        security = Security.STARTTLS
+    else:
+        security = Security.NONE
+    secret_key = {"token": "authTokenClientSecret", "basic": "password"}.get(stored.get("authType") or "basic")
+    if stored.get("auth") != "true":
+        auth, known = AuthSpec(AuthType.NONE), Credentials(secret_version="")
+    elif secret_key is None or stored.get(secret_key) not in (MASK, "") or credentials is None:
+        return None
+    elif secret_key == "password":
+        auth, known = AuthSpec(AuthType.BASIC, stored.get("user", "")), credentials
+    else:
+        reference = spec.auth.xoauth2.client_secret_ref if spec.auth.xoauth2 else ClientSecretRef("", "", "")
+        auth = AuthSpec(AuthType.XOAUTH2, stored.get("user", ""), xoauth2=XOAuth2Spec(
+            token_url=stored.get("authTokenUrl", ""), scope=stored.get("authTokenScope", ""),
+            client_secret_ref=reference))
+        known = dataclasses.replace(credentials, client_id=stored.get("authTokenClientId", ""))
+    timeouts = spec.smtp.timeouts
+    for key, field in (("connectionTimeout", "connect"), ("timeout", "read"), ("writeTimeout", "write")):
+        if stored.get(key, "").isdigit():
+            timeouts = dataclasses.replace(timeouts, **{field: datetime.timedelta(milliseconds=int(stored[key]))})
+    smtp = dataclasses.replace(spec.smtp, host=host, port=int(port), security=security, timeouts=timeouts)
+    sender = dataclasses.replace(spec.sender, from_address=stored.get("from") or spec.sender.from_address,
+                                 envelope_from=stored.get("envelopeFrom", ""))
+    return dataclasses.replace(spec, smtp=smtp, sender=sender, auth=auth), known

@@ -24,7 +24,7 @@ from kcmail.keycloak import AdminCredentials
 from kcmail.observe import RealmView
 from kcmail.ownership import with_owner
 from kcmail.probes import ProbeOutcome
-from kcmail.smtp_settings import MASK, SECRET_KEYS, desired_smtp_server, settings_hash
+from kcmail.smtp_settings import MASK, SECRET_KEYS, desired_smtp_server, settings_hash, stored_as_spec
 from kcmail.spec import ConnectionKind, Credentials, MailConfigSpec
 from kcmail.store import MailConfigObject
 
@@ -75,9 +75,9 @@ def _view(stored: dict[str, str] | None) -> RealmView:
 
 
 def _plan(obj: MailConfigObject, stored: dict[str, str] | None, credentials: Credentials = NEW, *,
-          tried: Done | None = None, probes: bool = True) -> decide.Plan:
+          tried: Done | None = None, rechecked: Done | None = None, probes: bool = True) -> decide.Plan:
     admitted = decide.Admitted(MailConfigSpec.parse(obj.spec), CONNECTION, credentials)
-    return decide.plan(obj, admitted, _view(stored), NOW, probes=probes, tried=tried)
+    return decide.plan(obj, admitted, _view(stored), NOW, probes=probes, tried=tried, rechecked=rechecked)
 
 
 def _tried(token: Failure | bool | None = None, smtp: Failure | bool | None = True) -> Done:
@@ -344,3 +344,80 @@ async def test_a_held_pass_reads_the_realm_twice_probes_once_and_writes_nothing(
     assert _condition(result, "Applied")["reason"] == "ChangeHeld"
     # The realm's hand-made settings were never probed by kcmail: the message says so.
     assert "which kcmail has not probed" in _condition(result, "Applied")["message"]
+
+
+# --- settings last probed over an interval ago are probed again --------------------------------------------
+
+def _stale_typo() -> tuple[MailConfigObject, dict[str, str]]:
+    """A realm that delivered three hours ago with the same Secret; the spec now has a host typo."""
+    current = _settings({}, OLD)
+    probed = _probed(mailconfig(smtp={"host": "smtp.exmaple"}), current, OLD,
+                     probed=NOW - datetime.timedelta(hours=3))
+    return dataclasses.replace(probed, generation=2), current
+
+
+def test_a_failing_change_over_settings_probed_long_ago_probes_those_settings_again_first():
+    obj, current = _stale_typo()
+    plan = _plan(obj, current, OLD, tried=_tried(smtp=Failure(Reason.SMTP_UNREACHABLE, "no route")))
+    assert plan.write is None
+    assert plan.recheck is not None
+    # The realm's settings, as Keycloak would present them: its host, the Secret's password.
+    assert plan.recheck.spec.smtp.host == "smtp.example"
+    assert plan.recheck.credentials.password == "old-password"
+
+
+def test_settings_that_pass_again_keep_the_change_held_and_their_probe_is_reported():
+    obj, current = _stale_typo()
+    rechecked = _tried(smtp=True)
+    plan = _plan(obj, current, OLD, tried=_tried(smtp=Failure(Reason.SMTP_UNREACHABLE, "no route")),
+                 rechecked=rechecked)
+    assert (plan.write, plan.use_rechecked) == (None, True)
+    assert "passed their probe just now" in plan.outcome.applied.message
+    result = decide.report(obj, plan, rechecked, NOW)
+    assert _condition(result, "Applied")["reason"] == "ChangeHeld"
+    assert _condition(result, "SMTPAuthenticated")["status"] == "True"
+    assert result.status["lastProbeTime"] == _stamp(NOW)
+    assert result.status["probedSettingsHash"] == settings_hash(current, OLD.secret_version)
+
+
+def test_settings_that_fail_again_give_way_to_the_candidate():
+    obj, current = _stale_typo()
+    tried = _tried(smtp=Failure(Reason.SMTP_UNREACHABLE, "no route"))
+    plan = _plan(obj, current, OLD, tried=tried, rechecked=_tried(smtp=REJECTED))
+    assert plan.write is not None
+    assert plan.write["smtpServer"]["host"] == "smtp.exmaple"
+    assert plan.use_tried
+
+
+def test_after_a_rotation_the_old_secret_is_unknown_so_nothing_is_probed_again():
+    current = _settings({}, OLD)
+    obj = _probed(mailconfig(), current, OLD, probed=NOW - datetime.timedelta(hours=3))
+    plan = _plan(obj, current, NEW, tried=_tried(token=INVALID_CLIENT, smtp=None))
+    assert (plan.write, plan.recheck) == (None, None)
+    assert plan.outcome.applied.reason is Reason.CHANGE_HELD
+
+
+@pytest.mark.parametrize("spec", [
+    {},
+    {"smtp": {"host": "mx.example", "port": 465, "security": "SSL",
+              "timeouts": {"connect": "3s", "read": "4s", "write": "5s"}}},
+    {"auth": {"type": "None"}},
+    {"auth": {"type": "XOAUTH2", "username": "box@acme.example",
+              "xoauth2": {"tokenURL": "https://idp.example/token", "scope": "smtp",
+                          "clientSecretRef": {"name": "oauth"}}}},
+])
+def test_a_realms_settings_read_back_as_a_spec_give_the_same_settings(spec):
+    credentials = Credentials(secret_version="v1", client_id="client", client_secret="s3cret", password="pw")
+    written = desired_smtp_server(MailConfigSpec.parse({**mailconfig().spec, **spec}), credentials, VERSION)
+    other = MailConfigSpec.parse({**mailconfig().spec, "smtp": {"host": "elsewhere.example"}})
+    rebuilt = stored_as_spec(other, _masked(written), credentials)
+    assert rebuilt is not None
+    # Written again from what was read back, the realm would hold exactly the same map.
+    assert desired_smtp_server(*rebuilt, VERSION) == written
+
+
+def test_settings_whose_secret_kcmail_cannot_know_are_not_read_back():
+    written = _settings({}, OLD)
+    assert stored_as_spec(MailConfigSpec.parse(mailconfig().spec), _masked(written), None) is None
+    vault = {**_masked(written), "password": "${vault.smtp}"}
+    assert stored_as_spec(MailConfigSpec.parse(mailconfig().spec), vault, OLD) is None
