@@ -50,7 +50,12 @@ def _change_floor(m: Mapping[str, Any]) -> str:
 def _row(name: str, m: Mapping[str, Any]) -> tuple[str, str, str, str]:
     """Result, floor, ratio, goal of one measure, as table cells."""
     if name == "change_latency":
-        return _p(m["operator"]), _change_floor(m), _ratio(m.get("ratio_p50")), m["goal"]
+        result = _p(m["operator"])
+        immediate = m.get("immediate") or {}
+        if immediate.get("n"):
+            result += (f"; changePolicy Immediate: p50 {seconds(immediate['p50'])} (probing first adds "
+                       f"{seconds(m['probe_first_added_p50'])} at p50)")
+        return result, _change_floor(m), _ratio(m.get("ratio_p50")), m["goal"]
     if name == "rotation_latency":
         return _p(m["operator"]), "—", "—", m["goal"]
     if name == "scale":

@@ -32,12 +32,13 @@ def labelled(obj: Object, phase: str) -> Object:
 
 
 def tenant(env: Environment, namespace: str, name: str, realm_name: str, phase: str, *, interval: str,
-           secret: Object | None = None) -> list[Object]:
-    """A Secret with the issuer's client and a MailConfig for ``realm_name`` that uses it."""
+           secret: Object | None = None, **spec: Any) -> list[Object]:
+    """A Secret with the issuer's client and a MailConfig for ``realm_name`` that uses it (``spec``: more
+    top-level fields)."""
     secret_name = f"{name}-oauth"
     return [labelled(secret or operator_env.issuer_secret(env, namespace, secret_name), phase),
             labelled(operator_env.xoauth2_mailconfig(env, namespace, name, realm_name, secret_name=secret_name,
-                                                     interval=interval), phase)]
+                                                     interval=interval, **spec), phase)]
 
 
 def unrelated_secret(namespace: str, index: int) -> Object:
