@@ -224,28 +224,9 @@ def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, n
         return Plan(outcome, {**status, **forced}, probe=probe, settings=named)
     use_tried = False
     if drifted and _probes_first(spec, probes) and not forced:
-        # Settings that already fail (or none) give way at once: no candidate can make that worse.
-        current = current_settings(obj, realm.get("smtpServer") or {}, spec, now)
-        if current.verdict is not Verdict.FAILS:
-            candidate = _tried(tried) if tried is not None else _recorded(obj, named, spec, now)
-            if candidate is None:
-                return Plan(Outcome(credentials=True), status, try_first=Probe(spec, credentials, stale=True),
-                            settings=named)
-            if candidate.verdict is not Verdict.WORKS:
-                stored = realm.get("smtpServer") or {}
-                if rechecked is None:
-                    again = _recheck(obj, spec, stored, credentials, current)
-                    if again is not None:
-                        return Plan(Outcome(credentials=True), status, recheck=again, settings=named)
-                elif rechecked.probe is not None:
-                    current = _rechecked(_tried(rechecked))
-                    if current.verdict is not Verdict.FAILS:
-                        held = settings_hash(stored, str(obj.status.get("appliedSecretVersion") or ""))
-                        kind = Probes.SMTP if rechecked.probe.token is None else Probes.TOKEN_AND_SMTP
-                        return dataclasses.replace(_held(obj, status, candidate, current, now, probed=kind),
-                                                   use_rechecked=True, settings=held)
-                if current.verdict is not Verdict.FAILS:
-                    return _held(obj, status, candidate, current, now)
+        waiting = _probe_first(obj, status, admitted, realm.get("smtpServer") or {}, named, now, tried, rechecked)
+        if waiting is not None:
+            return waiting
         use_tried = tried is not None
         if use_tried:
             outcome, probe = dataclasses.replace(outcome, probes=_probes(spec)), None
@@ -258,6 +239,34 @@ def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, n
                 written={"appliedSecretVersion": credentials.secret_version, "lastAppliedTime": _stamp(now),
                          **forced},
                 events=events, probe=probe, use_tried=use_tried, settings=named)
+
+
+def _probe_first(obj: MailConfigObject, status: dict[str, Any], admitted: Admitted, stored: Mapping[str, Any],
+                 named: str, now: datetime.datetime, tried: Done | None, rechecked: Done | None) -> Plan | None:
+    """ProbeFirst's part of a pass that would write new settings (named ``named``): the Plan that probes the
+    candidate or the realm's settings first, or that holds the change; None when the write may go ahead."""
+    spec, credentials = admitted.spec, admitted.credentials
+    current = current_settings(obj, stored, spec, now)
+    if current.verdict is Verdict.FAILS:
+        return None  # settings that already fail, or none, give way at once: no candidate makes that worse
+    candidate = _tried(tried) if tried is not None else _recorded(obj, named, spec, now)
+    if candidate is None:
+        return Plan(Outcome(credentials=True), status, try_first=Probe(spec, credentials, stale=True), settings=named)
+    if candidate.verdict is Verdict.WORKS:
+        return None
+    if rechecked is None:
+        again = _recheck(obj, spec, stored, credentials, current)
+        if again is not None:
+            return Plan(Outcome(credentials=True), status, recheck=again, settings=named)
+        return _held(obj, status, candidate, current)
+    if rechecked.probe is None:
+        return _held(obj, status, candidate, current)
+    current = _rechecked(_tried(rechecked))
+    if current.verdict is Verdict.FAILS:
+        return None
+    kind = Probes.SMTP if rechecked.probe.token is None else Probes.TOKEN_AND_SMTP
+    held = settings_hash(stored, str(obj.status.get("appliedSecretVersion") or ""))
+    return dataclasses.replace(_held(obj, status, candidate, current, probed=kind), use_rechecked=True, settings=held)
 
 
 def _forced(obj: MailConfigObject) -> dict[str, str]:
@@ -379,8 +388,8 @@ def _rechecked(found: Evidence) -> Evidence:
     return Evidence(Verdict.UNKNOWN, "the realm keeps its current settings, whose probe just now ended early")
 
 
-def _held(obj: MailConfigObject, status: dict[str, Any], candidate: Evidence, current: Evidence,
-          now: datetime.datetime, *, probed: Probes | None = None) -> Plan:
+def _held(obj: MailConfigObject, status: dict[str, Any], candidate: Evidence, current: Evidence, *,
+          probed: Probes | None = None) -> Plan:
     """A change that is not written: the candidate failed (or could not be probed), and the realm's settings
     may still deliver. The probe conditions stay those of the realm's settings (``probed``: this pass probed
     them, which probes ran; its probe gives the conditions)."""
