@@ -75,7 +75,7 @@ def test_a_rotation_to_a_wrong_secret_is_held_and_keycloak_keeps_sending_until_i
 
     # Held for a while: the candidate is probed again with backoff, and the realm is never written.
     time.sleep(12)
-    assert _holds(operator) - holds >= 3
+    assert _holds(operator) - holds >= 2  # the hold, and at least one try since
     assert tenant.realm_writes() == 0
     assert tenant.condition("mail")["reason"] == "ChangeHeld"
     assert [e["type"] for e in tenant.events() if e["reason"] == "ChangeHeld"] == ["Warning"]

@@ -116,6 +116,21 @@ def test_a_spec_change_a_requested_pass_or_a_deletion_wants_a_pass_a_status_writ
     assert wants_pass(_obj(), _obj(deleting=True))
 
 
+def test_forcing_a_held_change_or_adopting_a_realm_wants_a_pass_at_once_and_other_annotations_do_not():
+    def annotated(**annotations: str) -> MailConfigObject:
+        body = _body()
+        body["metadata"]["annotations"] = annotations
+        return MailConfigObject.from_body(body)
+
+    assert wants_pass(_obj(), annotated(**{"kcmail.io/force-apply": "1"}))
+    assert wants_pass(annotated(**{"kcmail.io/force-apply": "1"}), annotated(**{"kcmail.io/force-apply": "2"}))
+    assert wants_pass(_obj(), annotated(**{"kcmail.io/adopt": "uid-gone"}))
+    assert not wants_pass(_obj(), annotated(**{"example.com/note": "x"}))
+    # After a restart, a force not yet handled is a reason not to wait for the slot.
+    forced = annotated(**{"kcmail.io/force-apply": "1"})
+    assert not first_pass_can_wait(forced)
+
+
 def test_the_finalizer_patches_test_what_was_seen_before_they_change_it():
     bare = MailConfigObject.from_body({**_body(), "metadata": {**_body()["metadata"], "finalizers": []}})
     assert finalizer_added(bare) == [{"op": "test", "path": "/metadata/resourceVersion", "value": "9"},
