@@ -290,7 +290,9 @@ def test_prometheus_rule_queries_only_metrics_the_operator_exports(helm, devenv,
                   namespace=namespaces.release)
     (rule,) = _of_kind(docs, "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
-    assert set(alerts) == {"KcmailMailConfigNotReady", "KcmailProbesFailing"}
+    assert set(alerts) == {"KcmailMailConfigNotReady", "KcmailProbesFailing", "KcmailChangeHeld"}
+    assert alerts["KcmailChangeHeld"]["for"] == "10m"
+    assert 'reason="ChangeHeld"' in alerts["KcmailChangeHeld"]["expr"]
     assert alerts["KcmailMailConfigNotReady"]["for"] == "15m"
     assert "{{ $labels.namespace }}" in alerts["KcmailMailConfigNotReady"]["annotations"]["summary"]
     families = _metric_families()
