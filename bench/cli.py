@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: write the Markdown again from the JSON beside --output "
                              "(after editing bench/findings.md)")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="a results JSON of an earlier run: the measures this run does not make are taken from "
+                             "it, and the page says which came from which run (for a change that affects a few "
+                             "measures only)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where the benchmark's environment and operators keep their state "
                              "(default: beside the `kcmail dev` state directory, in bench/)")
@@ -90,10 +94,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": at_start, "load_average_end": machine.machine()["load_average"],
         "versions": machine.versions(env), "setup": setup, "measures": measures, "errors": errors,
     }
+    if args.merge is not None:
+        results = merged(results, json.loads(args.merge.read_text()))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     _write_page(args.output, results)
     return 1 if errors else 0
+
+
+def merged(results: dict[str, Any], earlier: Mapping[str, Any]) -> dict[str, Any]:
+    """``results`` with the measures it lacks taken from ``earlier``, and where they came from."""
+    kept = [name for name in earlier.get("measures", {}) if name not in results["measures"]]
+    if not kept:
+        return results
+    if earlier.get("mode") != results["mode"]:
+        raise SystemExit(f"--merge: the earlier run is mode {earlier.get('mode')!r}, this one {results['mode']!r}")
+    return {**results, "measures": {**{name: earlier["measures"][name] for name in kept}, **results["measures"]},
+            "merged_from": {"started": earlier.get("started"), "command": earlier.get("command"),
+                            "kcmail": (earlier.get("versions") or {}).get("kcmail"), "measures": kept,
+                            "duration_seconds": earlier.get("duration_seconds")}}
 
 
 def chosen_sizes(args: argparse.Namespace) -> Sizes:

@@ -124,8 +124,15 @@ def render(results: Mapping[str, Any], findings: str = "") -> str:
                   "was measured in the same run, so the ratios hold better than the absolute times.", ""]
     if results.get("environment", {}).get("reused"):
         lines += ["The run reused an environment that was already running (`KCMAIL_DEVENV_FILE`).", ""]
-    lines += [f"Run {results['started']}, {results['duration_seconds'] / 60:.1f} min, mode `{mode}`.", "",
-              "## Results", ""]
+    lines += [f"Run {results['started']}, {results['duration_seconds'] / 60:.1f} min, mode `{mode}`, kcmail "
+              f"{results['versions'].get('kcmail', '?')}.", ""]
+    earlier = results.get("merged_from")
+    if earlier:
+        names = ", ".join(f"`{name}`" for name in earlier["measures"])
+        lines += [f"Measures {names} are from an earlier run: {earlier['started']}, "
+                  f"{(earlier.get('duration_seconds') or 0) / 60:.1f} min, kcmail {earlier.get('kcmail') or '?'}, "
+                  f"`{earlier.get('command')}`. The others are from this run.", ""]
+    lines += ["## Results", ""]
     rows = []
     measures: Mapping[str, Any] = results["measures"]
     for name, title in TITLES.items():

@@ -160,3 +160,29 @@ def test_the_change_row_names_the_bare_operator_as_its_floor_with_the_lone_get_p
 def test_results_from_before_the_bare_operator_still_render_their_lone_get_put_floor():
     (row,) = [line for line in report.render(_results("full", 0.3)).splitlines() if line.startswith("| 1.")]
     assert "| p50 60 ms, p95 80 ms (n=5) | p50 60 ms, p95 80 ms (n=5) | 1.00x |" in row
+
+
+def test_the_change_row_says_what_probing_first_adds_beside_immediate():
+    results = _results("full", 0.3)
+    immediate = {"n": 5, "p50": 0.045, "p95": 0.07, "min": 0.04, "max": 0.07, "samples": []}
+    results["measures"]["change_latency"].update(immediate=immediate, probe_first_added_p50=0.015)
+    (row,) = [line for line in report.render(results).splitlines() if line.startswith("| 1.")]
+    assert "changePolicy Immediate: p50 45 ms (probing first adds 15 ms at p50)" in row
+
+
+def test_a_merged_run_takes_the_measures_it_did_not_make_from_the_earlier_one_and_says_so():
+    earlier = _results("full", 0.3)
+    rotation = {"operator": earlier["measures"]["change_latency"]["operator"], "goal": "g", "met": True}
+    earlier["measures"]["rotation_latency"] = rotation
+    earlier["versions"]["kcmail"] = "aaaaaaa"
+    now = _results("full", 0.3)
+    now["versions"]["kcmail"] = "bbbbbbb"
+    merged = cli.merged(now, earlier)
+    assert merged["measures"]["change_latency"] is now["measures"]["change_latency"]
+    assert merged["measures"]["rotation_latency"] is rotation
+    assert merged["merged_from"]["measures"] == ["rotation_latency"]
+    page = report.render(merged)
+    assert "Measures `rotation_latency` are from an earlier run: 2026-11-28 02:00 UTC, 5.0 min, kcmail aaaaaaa" in page
+    assert "mode `full`, kcmail bbbbbbb." in page
+    with pytest.raises(SystemExit):
+        cli.merged(_results("quick", 0.3), earlier)
