@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -264,6 +265,10 @@ class Controller:
         self._selector = selector
         self._workers = workers
         self._relisted: set[Key] = set()
+        # Each object's status as this process last wrote it (compact JSON). The watch brings a write back
+        # a moment later; a pass that starts sooner must build on it, not on the status before it: which
+        # settings were applied and probed, and what the probe found, decide what the next pass does.
+        self._written: dict[Key, bytes] = {}
         # Set once every watched namespace's MailConfigs were listed: the Secret watch needs a full store.
         self.listed = asyncio.Event()
         self._listings_left = len(namespaces) or 1
@@ -310,6 +315,9 @@ class Controller:
             self._gone(Key(**{k: str((body.get("metadata") or {}).get(k, "")) for k in ("namespace", "name", "uid")}))
             return
         key, previous, obj = self.store.put(body)
+        written = self._written.get(key)
+        if written is not None and json.loads(written) == obj.status:
+            del self._written[key]  # the watch brought this process's last status write back
         if event_type == RELISTED:
             self._relisted.add(key)
         if previous is None:
@@ -336,6 +344,7 @@ class Controller:
 
     def _gone(self, key: Key) -> None:
         obj = self.store.remove(key)
+        self._written.pop(key, None)
         self.queue.forget(key)
         metrics.forget(key.namespace, key.name)
         if obj is not None:
@@ -382,8 +391,21 @@ class Controller:
         obj = self.store.latest(key)
         if obj is None:
             return Requeue()
+        written = self._written.get(key)
+        if written is not None:
+            # Only kcmail writes status, and only while it leads: what it wrote last is the status now.
+            obj = dataclasses.replace(obj, status=json.loads(written))
+        # What the API holds of the status: _report keeps it up to date with each write of this pass.
+        reported = dict(obj.status)
+        try:
+            return await self._process(obj, reported)
+        finally:
+            if reported != obj.status and self.store.latest(key) is not None:
+                self._written[key] = json.dumps(reported, separators=(",", ":")).encode()
+
+    async def _process(self, obj: MailConfigObject, reported: dict[str, Any]) -> Next:
         if obj.deleting:
-            return await self._finalize(obj)
+            return await self._finalize(obj, reported)
         if FINALIZER not in obj.finalizers:
             try:
                 # Before anything is written to Keycloak: from then on, its deletion waits for kcmail.
@@ -393,7 +415,6 @@ class Controller:
                 log.info("MailConfig %s: cannot add the finalizer yet: %s", obj.id, error)
                 return Retry(cap=interval_seconds(obj))
         started = time.monotonic()
-        reported = dict(obj.status)
         try:
             result = await self.reconciler.reconcile(
                 obj, report=lambda interim: self._report(obj, reported, interim), holders=self.store.holders)
@@ -411,7 +432,7 @@ class Controller:
             return Retry(cap=interval_seconds(obj))
         return Requeue(after=next_slot_in(obj, time.time()))
 
-    async def _finalize(self, obj: MailConfigObject) -> Next:
+    async def _finalize(self, obj: MailConfigObject, reported: dict[str, Any]) -> Next:
         """Deletion: the reconciler releases the realm, then the finalizer goes and Kubernetes deletes it."""
         if FINALIZER not in obj.finalizers:
             return Requeue()  # never acted on, or already released: nothing holds it
@@ -421,7 +442,7 @@ class Controller:
             log.warning("MailConfig %s: finalizing failed, retrying: %s: %s", obj.id, type(error).__name__, error)
             result = self.reconciler.failed(obj, error)
         try:
-            await self._report(obj, dict(obj.status), result)
+            await self._report(obj, reported, result)
         except KubeError as error:
             log.warning("MailConfig %s: cannot write its deletion's status: %s", obj.id, error)
         if result.retry:

@@ -19,6 +19,7 @@ from kcmail.controller import (
     secret_is_news,
     wants_pass,
 )
+from kcmail.decide import Result
 from kcmail.kube import secret_version
 from kcmail.secretwatch import SecretEvent, SecretEventType
 from kcmail.spec import ConnectionKind
@@ -277,3 +278,54 @@ async def test_a_connections_spec_change_wakes_its_users_its_listing_does_not():
     assert _waiting(controller) == ["mail/mail"]
     assert copy.copy(controller.reconciler.connections.forgotten) == [  # type: ignore[attr-defined]
         ConnectionKey(ConnectionKind.CLUSTER, "main", None)] * 2
+
+
+class _StatusKube:
+    """Records status patches; nothing comes back through a watch until the test says so."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch_status(self, plural: str, name: str, namespace: str | None, status: dict[str, Any]) -> None:
+        self.patches.append(dict(status))
+
+    async def patch_json(self, *args: Any) -> None:
+        raise AssertionError("the object holds the finalizer already")
+
+    async def post_event(self, event: dict[str, Any]) -> None:
+        pass
+
+
+class _CountingReconciler:
+    """Each pass writes how many passes it saw before it, as the status it started from says."""
+
+    connections = _Connections()
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def reconcile(self, obj: MailConfigObject, report: Any = None, holders: Any = None) -> Any:
+        passes = int(obj.status.get("passes", 0))
+        self.seen.append(passes)
+        return Result(status={"passes": passes + 1})
+
+
+async def test_a_pass_builds_on_the_status_this_process_wrote_even_before_the_watch_brings_it_back():
+    kube, reconciler = _StatusKube(), _CountingReconciler()
+    controller = Controller(kube, reconciler, workers=1)  # type: ignore[arg-type]
+    await controller.on_mailconfig("ADDED", _body())
+    key = Key("mail", "mail", "u-1")
+    await controller.process(key)
+    await controller.process(key)  # no event in between: the store still has the status from before
+    assert reconciler.seen == [0, 1]
+    assert kube.patches == [{"passes": 1}, {"passes": 2}]
+    # The watch brings the writes back, the first one late: the second one stays what the next pass sees.
+    late = _body()
+    late["status"] = {**late["status"], "passes": 1}
+    await controller.on_mailconfig("MODIFIED", late)
+    await controller.process(key)
+    assert reconciler.seen == [0, 1, 2]
+    caught_up = _body()
+    caught_up["status"] = {**caught_up["status"], "passes": 3}
+    await controller.on_mailconfig("MODIFIED", caught_up)
+    assert key not in controller._written  # the store holds it now; nothing kept twice
