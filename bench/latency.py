@@ -13,8 +13,11 @@ from kcmail.devenv import mail_spool
 from kcmail.spec import GROUP, VERSION
 
 CHANGE_NAMESPACE, CHANGE_REALM, FLOOR_REALM = "bench-change", "bench-change", "bench-change-floor"
-# A second MailConfig with changePolicy Immediate (written, then probed): what probing first adds.
+# A second MailConfig with changePolicy Immediate (written, then probed), changed the same way.
 IMMEDIATE_NAME, IMMEDIATE_REALM = "mail-immediate", "bench-change-immediate"
+# A third, ProbeFirst like the first, whose change is one the probe must check first (its connect timeout):
+# a display name is not, so the first is written at once. Beside Immediate it tells what probing first adds.
+PROBED_NAME, PROBED_REALM = "mail-probed", "bench-change-probed"
 # The realm of the lone GET+PUT, measure 1's floor before the bare operator: kept as a second reference.
 LONE_REALM = "bench-change-lone"
 ROTATION_NAMESPACE, ROTATION_REALM = "bench-rotation", "bench-rotation"
@@ -27,7 +30,7 @@ _SETTLE_SECONDS = 0.3
 
 
 def extra_realms() -> list[str]:
-    return [CHANGE_REALM, FLOOR_REALM, LONE_REALM, ROTATION_REALM, IMMEDIATE_REALM]
+    return [CHANGE_REALM, FLOOR_REALM, LONE_REALM, ROTATION_REALM, IMMEDIATE_REALM, PROBED_REALM]
 
 
 def change_latency(b: Bench) -> dict[str, Any]:
@@ -35,16 +38,19 @@ def change_latency(b: Bench) -> dict[str, Any]:
 
     The same change of a FloorMailConfig, made by the bare operator, is the floor; each sample of one
     alternates with a sample of the other, and a lone GET+PUT follows both. The MailConfig measured has the
-    default changePolicy, ProbeFirst (a realm that delivers: every change is probed before it is written);
-    a second one with Immediate, changed the same way, tells what the probe adds.
+    default changePolicy, ProbeFirst; its change (a display name) is none the probe exercises, so it is
+    written at once. A second one with Immediate is changed the same way; a third, ProbeFirst, changes its
+    connect timeout, which is probed before it is written: it tells what probing first adds.
     """
     env = b.env
     b.cluster.create_all([workload.namespace(CHANGE_NAMESPACE)])
     b.cluster.create_all(workload.tenant(env, CHANGE_NAMESPACE, NAME, CHANGE_REALM, "change", interval="10m"))
     b.cluster.create_all(workload.tenant(env, CHANGE_NAMESPACE, IMMEDIATE_NAME, IMMEDIATE_REALM, "change",
                                          interval="10m", changePolicy="Immediate"))
+    b.cluster.create_all(workload.tenant(env, CHANGE_NAMESPACE, PROBED_NAME, PROBED_REALM, "change", interval="10m"))
     first, _ = b.cluster.wait_for(CHANGE_NAMESPACE, NAME, "0", ready, timeout=_TIMEOUT)
-    b.cluster.wait_for(CHANGE_NAMESPACE, IMMEDIATE_NAME, "0", ready, timeout=_TIMEOUT)
+    for name in (IMMEDIATE_NAME, PROBED_NAME):
+        b.cluster.wait_for(CHANGE_NAMESPACE, name, "0", ready, timeout=_TIMEOUT)
     base = workload.desired(b.env, first)
     _secret, manifest = workload.tenant(env, CHANGE_NAMESPACE, NAME, FLOOR_REALM, "change", interval="10m")
     b.cluster.custom.create_namespaced_custom_object(bare_operator.FLOOR_GROUP, VERSION, CHANGE_NAMESPACE,
@@ -54,15 +60,20 @@ def change_latency(b: Bench) -> dict[str, Any]:
         b.cluster.wait_for(CHANGE_NAMESPACE, NAME, "0", applied, timeout=_TIMEOUT, group=bare_operator.FLOOR_GROUP,
                            plural=bare_operator.FLOOR_PLURAL)
         before = b.counts.scrape()
-        samples: dict[str, list[float]] = {"operator": [], "immediate": [], "floor": [], "lone": []}
-        mismatches = {"operator": 0, "immediate": 0, "floor": 0}
+        samples: dict[str, list[float]] = {"operator": [], "immediate": [], "probed": [], "floor": [], "lone": []}
+        mismatches = {"operator": 0, "immediate": 0, "probed": 0, "floor": 0}
 
-        def change(who: str, realm: str, group: str, plural: str, value: str) -> None:
-            name = IMMEDIATE_NAME if who == "immediate" else NAME
+        def change(who: str, realm: str, group: str, plural: str, value: str, index: int) -> None:
+            name = {"immediate": IMMEDIATE_NAME, "probed": PROBED_NAME}.get(who, NAME)
+            if who == "probed":
+                # 11 s and 12 s in turn: each sample a new value, each one a connect timeout that works.
+                seconds = 11 + index % 2
+                spec, key, value = {"smtp": {"timeouts": {"connect": f"{seconds}s"}}}, "connectionTimeout", \
+                    str(seconds * 1000)
+            else:
+                spec, key = {"sender": {"fromDisplayName": value}}, "fromDisplayName"
             started = time.perf_counter()
-            patched = b.cluster.patch_mailconfig(CHANGE_NAMESPACE, name,
-                                                 {"spec": {"sender": {"fromDisplayName": value}}},
-                                                 group=group, plural=plural)
+            patched = b.cluster.patch_mailconfig(CHANGE_NAMESPACE, name, {"spec": spec}, group=group, plural=plural)
             generation = patched["metadata"]["generation"]
             try:
                 _, seen = b.cluster.wait_for(CHANGE_NAMESPACE, name, patched["metadata"]["resourceVersion"],
@@ -71,7 +82,7 @@ def change_latency(b: Bench) -> dict[str, Any]:
             finally:
                 bare.check()
             samples[who].append(seen - started)
-            if (b.admin.realm(realm).get("smtpServer") or {}).get("fromDisplayName") != value:
+            if (b.admin.realm(realm).get("smtpServer") or {}).get(key) != value:
                 mismatches[who] += 1
             time.sleep(_SETTLE_SECONDS)
 
@@ -84,33 +95,36 @@ def change_latency(b: Bench) -> dict[str, Any]:
             # Alternate which goes first, so that neither always meets a Keycloak the other just warmed.
             order = [("operator", CHANGE_REALM, GROUP, PLURAL),
                      ("floor", FLOOR_REALM, bare_operator.FLOOR_GROUP, bare_operator.FLOOR_PLURAL),
-                     ("immediate", IMMEDIATE_REALM, GROUP, PLURAL)]
+                     ("immediate", IMMEDIATE_REALM, GROUP, PLURAL), ("probed", PROBED_REALM, GROUP, PLURAL)]
             for who, realm, group, plural in order if i % 2 == 0 else order[::-1]:
-                change(who, realm, group, plural, value)
+                change(who, realm, group, plural, value, i)
             samples["lone"].append(b.admin.get_put(LONE_REALM, lone_change))
             time.sleep(_SETTLE_SECONDS)
         delta = b.counts.delta(before)
     finally:
         bare.stop()
-    operator, immediate, floor, lone = (stats.summary(samples[who]) for who in ("operator", "immediate", "floor",
-                                                                                   "lone"))
+    operator, immediate, probed, floor, lone = (stats.summary(samples[who]) for who in (
+        "operator", "immediate", "probed", "floor", "lone"))
     ratio = stats.ratio(operator["p50"], floor["p50"])
-    added = operator["p50"] - immediate["p50"]
+    added = probed["p50"] - immediate["p50"]
     say(f"change latency: operator p50 {operator['p50'] * 1000:.0f} ms (Immediate {immediate['p50'] * 1000:.0f} "
-        f"ms), bare operator p50 {floor['p50'] * 1000:.0f} ms, lone GET+PUT p50 {lone['p50'] * 1000:.0f} ms")
+        f"ms, probed first {probed['p50'] * 1000:.0f} ms), bare operator p50 {floor['p50'] * 1000:.0f} ms, lone "
+        f"GET+PUT p50 {lone['p50'] * 1000:.0f} ms")
     return {
         "operator": operator, "floor": floor, "floor_is": "bare operator", "lone_get_put": lone,
-        "immediate": immediate, "probe_first_added_p50": round(added, 4),
+        "immediate": immediate, "probed_first": probed, "probe_first_added_p50": round(added, 4),
+        "ratio_p50_probed_first": stats.ratio(probed["p50"], floor["p50"]),
         "ratio_p50": ratio, "ratio_p50_lone_get_put": stats.ratio(operator["p50"], lone["p50"]),
         "goal": f"operator p50 within {CHANGE_GOAL}x of the bare operator's p50",
         "met": ratio is not None and ratio <= CHANGE_GOAL and not any(mismatches.values()),
         "realm_mismatches": mismatches["operator"], "floor_realm_mismatches": mismatches["floor"],
-        "immediate_realm_mismatches": mismatches["immediate"],
+        "immediate_realm_mismatches": mismatches["immediate"], "probed_realm_mismatches": mismatches["probed"],
         "keycloak_admin_requests": delta.admin_requests_by_uri(),
         "keycloak_requests_note": (f"includes the bare operator's {len(samples['floor'])} and the lone "
-                                   f"{len(samples['lone'])} GET+PUT pairs, the Immediate MailConfig's "
-                                   f"{len(samples['immediate'])} changes, and the harness's "
-                                   f"{sum(len(samples[w]) for w in ('operator', 'floor', 'immediate'))} "
+                                   f"{len(samples['lone'])} GET+PUT pairs, the Immediate and probed-first "
+                                   f"MailConfigs' {len(samples['immediate']) + len(samples['probed'])} changes, "
+                                   "and the harness's "
+                                   f"{sum(len(samples[w]) for w in ('operator', 'floor', 'immediate', 'probed'))} "
                                    "confirming GETs"),
         "timing": ("clock starts before the merge patch of spec.sender.fromDisplayName (Python client, "
                    "in-process); stops when the watch, resumed from the patch's resourceVersion, delivers a "
@@ -122,12 +136,13 @@ def change_latency(b: Bench) -> dict[str, Any]:
                    "warm admin token, the same smtpServer map, then merge-patches the status with "
                    "observedGeneration and an Applied condition; the same patch, watch and check time it, and its "
                    "samples alternate with the operator's. The operator's MailConfig has changePolicy ProbeFirst "
-                   "(the default): each change is probed (a cached token, the SMTP conversation to AUTH) and the "
-                   "realm read again before the write. Immediate: a second MailConfig and realm with "
-                   "changePolicy Immediate, changed the same way in turn (written, Applied reported, then "
-                   "probed); probe_first_added_p50 is the difference of the p50s. Lone GET+PUT (the floor "
-                   "before): one GET and one PUT of a third realm with httpx, after each pair, no Kubernetes "
-                   "at all."),
+                   "(the default); a display name is nothing its probe exercises, so the change is written at "
+                   "once and probed after. Immediate: a second MailConfig and realm with changePolicy Immediate, "
+                   "changed the same way in turn (written, Applied reported, then probed). Probed first: a third, "
+                   "ProbeFirst, whose spec.smtp.timeouts.connect goes 11 s, 12 s in turn: each change is probed "
+                   "(a cached token, the SMTP conversation to AUTH) and the realm read again before the write; "
+                   "probe_first_added_p50 is its p50 less Immediate's. Lone GET+PUT (the floor before): one GET "
+                   "and one PUT of a realm with httpx, after each round, no Kubernetes at all."),
     }
 
 

@@ -51,9 +51,12 @@ def _row(name: str, m: Mapping[str, Any]) -> tuple[str, str, str, str]:
     """Result, floor, ratio, goal of one measure, as table cells."""
     if name == "change_latency":
         result = _p(m["operator"])
-        immediate = m.get("immediate") or {}
+        immediate, probed = m.get("immediate") or {}, m.get("probed_first") or {}
         if immediate.get("n"):
-            result += (f"; changePolicy Immediate: p50 {seconds(immediate['p50'])} (probing first adds "
+            result += f"; changePolicy Immediate: p50 {seconds(immediate['p50'])}"
+        if probed.get("n"):
+            result += (f"; a change probed before it is written (connect timeout): p50 {seconds(probed['p50'])} "
+                       f"({_ratio(m.get('ratio_p50_probed_first'))} of the bare operator; probing first adds "
                        f"{seconds(m['probe_first_added_p50'])} at p50)")
         return result, _change_floor(m), _ratio(m.get("ratio_p50")), m["goal"]
     if name == "rotation_latency":

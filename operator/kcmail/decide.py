@@ -35,6 +35,9 @@ from kcmail.ownership import ADOPT_ANNOTATION, Owner, recorded_owner, with_owner
 from kcmail.redact import redact
 from kcmail.schedule import phase, probe_due
 from kcmail.smtp_settings import (
+    PROBED_KEYS,
+    SECRET_KEYS,
+    SENT_KEYS,
     UnsupportedVersion,
     cleared_smtp_server,
     desired_smtp_server,
@@ -223,7 +226,9 @@ def plan(obj: MailConfigObject, admitted: Admitted, seen: RealmView | Failure, n
     if not write:
         return Plan(outcome, {**status, **forced}, probe=probe, settings=named)
     use_tried = False
-    if drifted and _probes_first(spec, probes) and not forced:
+    probe_first = drifted and _probes_first(spec, probes) and not forced and _probe_sees(
+        spec, drift.keys, rotated=_secret_changed(obj, desired, credentials))
+    if probe_first:
         waiting = _probe_first(obj, status, admitted, realm.get("smtpServer") or {}, named, now, tried, rechecked)
         if waiting is not None:
             return waiting
@@ -267,6 +272,20 @@ def _probe_first(obj: MailConfigObject, status: dict[str, Any], admitted: Admitt
     kind = Probes.SMTP if rechecked.probe.token is None else Probes.TOKEN_AND_SMTP
     held = settings_hash(stored, str(obj.status.get("appliedSecretVersion") or ""))
     return dataclasses.replace(_held(obj, status, candidate, current, probed=kind), use_rechecked=True, settings=held)
+
+
+def _probe_sees(spec: MailConfigSpec, keys: Sequence[str], *, rotated: bool) -> bool:
+    """Whether a change of these keys (and of the secrets, ``rotated``) changes what the probe does. One that
+    does not (a display name, a reply-to address) is written at once: the realm's settings as they are
+    already show what its probe would find."""
+    probed = PROBED_KEYS | (SENT_KEYS if spec.probe.smtp is ProbeMode.SEND else frozenset())
+    return rotated or any(key in probed for key in keys)
+
+
+def _secret_changed(obj: MailConfigObject, desired: Mapping[str, str], credentials: Credentials) -> bool:
+    """Whether the secrets to write come from another version of the Secret than the realm's."""
+    return any(key in desired for key in SECRET_KEYS) and \
+        credentials.secret_version != (obj.status.get("appliedSecretVersion") or "")
 
 
 def _forced(obj: MailConfigObject) -> dict[str, str]:

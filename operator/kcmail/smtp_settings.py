@@ -26,6 +26,13 @@ from kcmail.spec import (
 # What GET /admin/realms/{realm} shows in place of a stored secret.
 MASK = "**********"
 SECRET_KEYS = frozenset({"password", "authTokenClientSecret"})
+# The keys kcmail's probe exercises: where and how it connects, how it authenticates, its timeouts. A change
+# of other keys alone (display names, reply-to, debug) leaves the probe's conversation as it was.
+PROBED_KEYS = frozenset({"host", "port", "ssl", "starttls", "auth", "user", "authType", "authTokenUrl",
+                         "authTokenScope", "authTokenClientId", "connectionTimeout", "timeout", "writeTimeout",
+                         *SECRET_KEYS})
+# In Send mode the probe also sends a message, from these addresses.
+SENT_KEYS = frozenset({"from", "envelopeFrom"})
 
 TOKEN_AUTH_SINCE = (26, 2, 0)
 # allowutf8 came in 26.3.3 and was back-ported to 26.2.8 (keycloak#41957; the upgrading guide's "Migrating

@@ -165,9 +165,12 @@ def test_results_from_before_the_bare_operator_still_render_their_lone_get_put_f
 def test_the_change_row_says_what_probing_first_adds_beside_immediate():
     results = _results("full", 0.3)
     immediate = {"n": 5, "p50": 0.045, "p95": 0.07, "min": 0.04, "max": 0.07, "samples": []}
-    results["measures"]["change_latency"].update(immediate=immediate, probe_first_added_p50=0.015)
+    probed = {"n": 5, "p50": 0.06, "p95": 0.09, "min": 0.05, "max": 0.09, "samples": []}
+    results["measures"]["change_latency"].update(immediate=immediate, probed_first=probed, ratio_p50_probed_first=1.2,
+                                                 probe_first_added_p50=0.015)
     (row,) = [line for line in report.render(results).splitlines() if line.startswith("| 1.")]
-    assert "changePolicy Immediate: p50 45 ms (probing first adds 15 ms at p50)" in row
+    assert "changePolicy Immediate: p50 45 ms; a change probed before it is written (connect timeout): p50 60 ms " \
+           "(1.20x of the bare operator; probing first adds 15 ms at p50)" in row
 
 
 def test_a_merged_run_takes_the_measures_it_did_not_make_from_the_earlier_one_and_says_so():

@@ -421,3 +421,26 @@ def test_settings_whose_secret_kcmail_cannot_know_are_not_read_back():
     assert stored_as_spec(MailConfigSpec.parse(mailconfig().spec), _masked(written), None) is None
     vault = {**_masked(written), "password": "${vault.smtp}"}
     assert stored_as_spec(MailConfigSpec.parse(mailconfig().spec), vault, OLD) is None
+
+
+# --- a change the probe would not see --------------------------------------------------------------------
+
+def test_a_change_of_what_the_probe_does_not_exercise_is_written_at_once_and_probed_after():
+    current = _settings({}, OLD)
+    obj = dataclasses.replace(_probed(mailconfig(sender={"from": "no-reply@acme.example",
+                                                         "fromDisplayName": "Acme"}), current, OLD), generation=2)
+    plan = _plan(obj, current, OLD)
+    assert plan.try_first is None
+    assert plan.write is not None
+    assert plan.write["smtpServer"]["fromDisplayName"] == "Acme"
+    assert plan.probe is not None  # the pass's probe, after the write, as ever
+
+
+def test_in_send_mode_a_new_sender_is_probed_first():
+    current = _settings({"probe": {"smtp": "Send", "recipient": "probe@acme.example"}}, OLD)
+    spec = {"probe": {"smtp": "Send", "recipient": "probe@acme.example"}, "sender": {"from": "new@acme.example"}}
+    obj = dataclasses.replace(_probed(mailconfig(**spec), current, OLD), generation=2)
+    assert _plan(obj, current, OLD).try_first is not None
+    authenticate = dataclasses.replace(_probed(mailconfig(sender={"from": "new@acme.example"}), current, OLD),
+                                       generation=2)
+    assert _plan(authenticate, current, OLD).try_first is None
