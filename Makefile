@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint components mail-servers down bench bench-quick
+.PHONY: demo test lint components mail-servers image-tools image down bench bench-quick
 
 $(BIN)/kcmail: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,19 @@ mail-servers:
 	@command -v postfix >/dev/null && command -v dovecot >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix dovecot-core; }
 
+# The operator's image is built from the Dockerfile with buildah on Debian bases made by mmdebstrap
+# (Debian's packages; no registry is reached), cached by a digest of its inputs.
+image-tools:
+	@command -v buildah >/dev/null && command -v mmdebstrap >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap; }
+
+image: image-tools $(BIN)/kcmail
+	$(BIN)/kcmail dev image
+
 lint: $(BIN)/kcmail
 	$(BIN)/ruff check operator tests bench
 
-test: lint components mail-servers
+test: lint components mail-servers image
 	$(BIN)/pytest
 
 demo: components mail-servers

@@ -54,9 +54,12 @@ def test_hadolint_finds_nothing():
 
 def test_runtime_stage_is_python_slim_with_only_the_built_environment():
     build, runtime = _stages()
-    args = dict(rest.split("=", 1) for keyword, rest in _instructions()[:1] if keyword == "ARG")
+    args = dict(rest.split("=", 1) for keyword, rest in _instructions()[:2] if keyword == "ARG")
     assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
-    assert runtime[0] == ("FROM", "${PYTHON_IMAGE}")
+    # The final stage's base is the build stage's unless RUNTIME_IMAGE says otherwise (kcmail dev image).
+    assert args["RUNTIME_IMAGE"] == "${PYTHON_IMAGE}"
+    assert build[0] == ("FROM", "${PYTHON_IMAGE} AS build")
+    assert runtime[0] == ("FROM", "${RUNTIME_IMAGE}")
     assert any(keyword == "RUN" and "pip wheel" in rest for keyword, rest in build)
     # Nothing is installed in the runtime stage: it copies the finished virtual environment.
     assert [keyword for keyword, _ in runtime if keyword == "RUN"] == []

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help="repeat for several; default the pinned one")
     build.add_argument("--argocd-version", choices=versions.ARGOCD_CHOICES, action="append", default=[],
                        help="also build the Argo CD health evaluator the health-check tests run; repeat for several")
+    actions.add_parser("image", help="build the operator's image from the Dockerfile with buildah (Debian bases "
+                                     "made with mmdebstrap), cached, and export it for containerd")
     actions.add_parser("down", help="stop every server that `up` started")
     actions.add_parser("status", help="which servers are running")
     dev.set_defaults(handler=run)
@@ -58,6 +60,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         for version in args.argocd_version:
             components.build_argocd_health_eval(version)
         print(f"components cached under {components.cache_root() / 'components'}")
+        return 0
+    if args.dev_action == "image":
+        from kcmail.devenv import image
+
+        built = image.build()
+        print(f"image {built.name}\n  docker-archive for containerd: {built.archive} (as {built.archive_name})")
         return 0
     if args.dev_action == "up":
         started = time.monotonic()
