@@ -49,7 +49,7 @@ def cache_root() -> Path:
 Progress = Callable[[str], None]
 
 
-def _print_progress(message: str) -> None:
+def print_progress(message: str) -> None:
     print(f"[kcmail dev] {message}", file=sys.stderr, flush=True)
 
 
@@ -65,14 +65,14 @@ class Components:
     helm: Path
 
 
-def _require_tool(name: str, fix: str) -> str:
+def require_tool(name: str, fix: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise PrerequisiteMissing(f"{name} is not on PATH. {fix}")
     return path
 
 
-def _run_logged(cmd: Sequence[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None,
+def run_logged(cmd: Sequence[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None,
                 what: str, progress: Progress) -> None:
     """Run a long command with its output in a log file, reporting progress while it runs."""
     started = time.monotonic()
@@ -137,7 +137,7 @@ class _GoWrapper:
     progress: Progress
 
     def run(self, *args: str, what: str) -> None:
-        _run_logged([self.go, *args], cwd=self.work, log=self.log, env=self.env, what=what, progress=self.progress)
+        run_logged([self.go, *args], cwd=self.work, log=self.log, env=self.env, what=what, progress=self.progress)
 
     def output(self, *args: str) -> str:
         """A short Go command's standard output (metadata queries, not builds)."""
@@ -167,7 +167,7 @@ class _GoWrapper:
 
 
 def _go_wrapper(name: str, module: str, announce: str, progress: Progress) -> _GoWrapper:
-    go = _require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver, etcd and helm).")
+    go = require_tool("go", "Install Go 1.24 or newer (the Go toolchain builds kube-apiserver, etcd and helm).")
     progress(announce)
     work = _fresh_dir(cache_root() / "build" / name)
     wrapper = _GoWrapper(go=go, work=work, log=work / "build.log", env=_go_env(), progress=progress)
@@ -229,7 +229,7 @@ def _source_digest(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_argocd_health_eval(version: str, progress: Progress = _print_progress) -> Path:
+def build_argocd_health_eval(version: str, progress: Progress = print_progress) -> Path:
     """``argocd/health-eval`` built against Argo CD ``version``'s own modules, for the health-check tests.
 
     Keyed by the Argo CD version and the program's source, so an edit of it builds anew.
@@ -257,7 +257,7 @@ def build_argocd_health_eval(version: str, progress: Progress = _print_progress)
     return binary
 
 
-def build_kubernetes(version: str, progress: Progress = _print_progress) -> tuple[Path, Path]:
+def build_kubernetes(version: str, progress: Progress = print_progress) -> tuple[Path, Path]:
     """kube-apiserver and kubectl of ``version``, built from the k8s.io/kubernetes module."""
     target = cache_root() / "components" / f"kubernetes-v{version}"
     apiserver, kubectl = target / "kube-apiserver", target / "kubectl"
@@ -277,7 +277,7 @@ def build_kubernetes(version: str, progress: Progress = _print_progress) -> tupl
     return apiserver, kubectl
 
 
-def build_etcd(version: str, progress: Progress = _print_progress) -> Path:
+def build_etcd(version: str, progress: Progress = print_progress) -> Path:
     """etcd of ``version``, built from go.etcd.io/etcd/server/v3 in a wrapper module.
 
     A wrapper is needed because etcd's own go.mod uses local ``replace`` lines that ``go install``
@@ -295,7 +295,7 @@ def build_etcd(version: str, progress: Progress = _print_progress) -> Path:
     return binary
 
 
-def build_helm(version: str, progress: Progress = _print_progress) -> Path:
+def build_helm(version: str, progress: Progress = print_progress) -> Path:
     """helm of ``version``, built from helm.sh/helm/v3 in a wrapper module like etcd."""
     target = cache_root() / "components" / f"helm-v{version}"
     binary = target / "helm"
@@ -324,16 +324,16 @@ def _helm_ldflags(version: str, client_go_version: str) -> str:
     return " ".join(flags)
 
 
-def fetch_keycloak(version: str, progress: Progress = _print_progress) -> Path:
+def fetch_keycloak(version: str, progress: Progress = print_progress) -> Path:
     """The unpacked Keycloak distribution of ``version``, fetched through Maven."""
     target = cache_root() / "components" / f"keycloak-{version}"
     if (target / "bin" / "kc.sh").exists():
         return target
-    mvn = _require_tool("mvn", "Install Maven (Debian: apt-get install maven); it fetches Keycloak.")
+    mvn = require_tool("mvn", "Install Maven (Debian: apt-get install maven); it fetches Keycloak.")
     progress(f"fetching Keycloak {version} with Maven (about 200 MB)")
     work = _fresh_dir(cache_root() / "build" / f"keycloak-{version}")
     log = work / "fetch.log"
-    _run_logged([mvn, "-B", "-q",
+    run_logged([mvn, "-B", "-q",
                  f"org.apache.maven.plugins:maven-dependency-plugin:{versions.MAVEN_DEPENDENCY_PLUGIN}:copy",
                  f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{version}:tar.gz",
                  f"-DoutputDirectory={work}"], cwd=work, log=log, what="fetching Keycloak",
@@ -381,7 +381,7 @@ def _java_feature_release(release_file: str) -> int | None:
     return None
 
 
-def ensure_all(keycloak_version: str = versions.KEYCLOAK, progress: Progress = _print_progress) -> Components:
+def ensure_all(keycloak_version: str = versions.KEYCLOAK, progress: Progress = print_progress) -> Components:
     """Every component of the environment, built or fetched when missing."""
     java_home = find_java_home(keycloak_version)
     apiserver, kubectl = build_kubernetes(versions.KUBERNETES, progress)

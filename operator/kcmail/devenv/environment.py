@@ -175,7 +175,7 @@ class Environment:
 
 
 def up(state_dir: Path | None = None, *, keycloak_version: str = versions.KEYCLOAK,
-       progress: components.Progress = components._print_progress) -> Environment:
+       progress: components.Progress = components.print_progress) -> Environment:
     """Start every server of the environment and return its description (also written to ``dev.env``)."""
     state_dir = (state_dir or default_state_dir()).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)

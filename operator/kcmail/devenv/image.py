@@ -28,10 +28,10 @@ from typing import Any
 from kcmail.devenv.components import (
     BuildFailed,
     Progress,
-    _print_progress,
-    _require_tool,
-    _run_logged,
     cache_root,
+    print_progress,
+    require_tool,
+    run_logged,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -61,7 +61,7 @@ def storage() -> Path:
 def buildah(*args: str) -> list[str]:
     """A buildah command on kcmail's own storage."""
     root = storage()
-    return [_require_tool("buildah", INSTALL_HINT), "--root", str(root / "storage"), "--runroot", str(root / "run"),
+    return [require_tool("buildah", INSTALL_HINT), "--root", str(root / "storage"), "--runroot", str(root / "run"),
             "--storage-driver", "vfs", *args]
 
 
@@ -100,21 +100,21 @@ def apt_sources() -> list[Path]:
     return found
 
 
-def build_base(packages: tuple[str, ...], tag: str, progress: Progress = _print_progress) -> str:
+def build_base(packages: tuple[str, ...], tag: str, progress: Progress = print_progress) -> str:
     """A Debian base image with ``packages``, named ``localhost/kcmail-<tag>:<suite>-<digest>``."""
     suite = host_suite()
     digest = hashlib.sha256(" ".join((suite, *packages)).encode()).hexdigest()[:12]
     name = f"localhost/kcmail-{tag}:{suite}-{digest}"
     if exists(name):
         return name
-    mmdebstrap = _require_tool("mmdebstrap", INSTALL_HINT)
+    mmdebstrap = require_tool("mmdebstrap", INSTALL_HINT)
     work = Path(tempfile.mkdtemp(prefix=f"kcmail-base-{tag}-"))
     log = storage() / f"base-{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         progress(f"making the Debian {suite} base image {name} with mmdebstrap (about 20 s)")
         tarball = work / "rootfs.tar"
-        _run_logged([mmdebstrap, "--variant=minbase", f"--include={','.join(packages)}", suite, str(tarball),
+        run_logged([mmdebstrap, "--variant=minbase", f"--include={','.join(packages)}", suite, str(tarball),
                      *map(str, apt_sources())], cwd=work, log=log, what=f"mmdebstrap of the {tag} base",
                     progress=progress)
         container = output("from", "scratch").strip()
@@ -150,7 +150,7 @@ def version(repo: Path = REPO) -> str:
     raise BuildFailed("pyproject.toml names no version")
 
 
-def build(progress: Progress = _print_progress, repo: Path = REPO) -> Image:
+def build(progress: Progress = print_progress, repo: Path = REPO) -> Image:
     """The operator's image from ``repo``'s Dockerfile, built when its inputs changed."""
     digest, release = inputs_digest(repo), version(repo)
     name = f"localhost/kcmail:{release}-{digest}"
@@ -166,7 +166,7 @@ def build(progress: Progress = _print_progress, repo: Path = REPO) -> Image:
                       "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
                       "--build-arg", f"PYTHON_IMAGE={build_image}", "--build-arg", f"RUNTIME_IMAGE={runtime_image}",
                       "--build-arg", f"VERSION={release}", "--tag", name, "--file", "Dockerfile", ".")
-    _run_logged(command, cwd=repo, log=log, what="buildah build of the kcmail image", progress=progress)
+    run_logged(command, cwd=repo, log=log, what="buildah build of the kcmail image", progress=progress)
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_suffix(".partial")
     output("push", "--quiet", name, f"docker-archive:{partial}:{archive_name}", timeout=600)
