@@ -32,6 +32,7 @@ from kcmail import conditions, ownership
 from kcmail.conditions import TRANSIENT_PROBE_REASONS, ConditionType, Failure, Outcome, Probes, Reason
 from kcmail.connections import ResolvedConnection, realm_allowed, selector_matches
 from kcmail.ownership import ADOPT_ANNOTATION, Owner, recorded_owner, with_owner
+from kcmail.probes import parse_time
 from kcmail.redact import redact
 from kcmail.schedule import phase, probe_due
 from kcmail.smtp_settings import (
@@ -371,17 +372,8 @@ def _last_probe(obj: MailConfigObject) -> Evidence:
 
 def _recent(stamp: object, spec: MailConfigSpec, now: datetime.datetime) -> bool:
     """Whether ``stamp`` lies within the last interval (and a minute for the pass's own delay)."""
-    moment = _parse(stamp)
+    moment = parse_time(stamp)
     return moment is not None and now - moment <= spec.interval + datetime.timedelta(minutes=1)
-
-
-def _parse(stamp: object) -> datetime.datetime | None:
-    if not isinstance(stamp, str) or not stamp:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _recheck(obj: MailConfigObject, spec: MailConfigSpec, stored: Mapping[str, str], credentials: Credentials,
