@@ -74,20 +74,34 @@ def _run(args: argparse.Namespace) -> int:
                                        workers=args.workers,
                                        mailconfig_selector=shard_selector(args.shard,
                                                                           exclude_sharded=args.exclude_sharded)))
-    # Standalone: kopf peering would pause only kopf's own handlers, not kcmail's MailConfig watch and work
-    # queue (kcmail.controller); the Lease election (kcmail.leader) decides which process runs kopf at all.
-    kopf_options: dict[str, Any] = {"clusterwide": not namespaces, "namespaces": namespaces,
-                                    "liveness_endpoint": args.liveness, "standalone": True}
+    from kcmail import leader
+
+    identity = leader.own_identity()
+    options = kopf_options(namespaces, liveness=args.liveness, identity=identity)
     if args.no_leader_election:
-        kopf.run(**kopf_options)
+        kopf.run(**options)
         return 0
     # Losing the Lease ends the process at once (exit status 3, kcmail.leader); stopped by a signal while
     # following, it exits 0 like a leader that stopped.
-    asyncio.run(_lead(args, lambda stop: kopf.operator(stop_flag=stop, **kopf_options)))
+    asyncio.run(_lead(args, identity, lambda stop: kopf.operator(stop_flag=stop, **options)))
     return 0
 
 
-async def _lead(args: argparse.Namespace, operate: Callable[[asyncio.Event], Awaitable[None]]) -> bool:
+def kopf_options(namespaces: tuple[str, ...], *, liveness: str | None, identity: str) -> dict[str, Any]:
+    """What ``kopf.run``/``kopf.operator`` are given.
+
+    Standalone: kopf peering would pause only kopf's own handlers, not kcmail's MailConfig watch and work
+    queue (kcmail.controller); the Lease election (kcmail.leader) decides which process runs kopf at all.
+    The identity is given too, the Lease's own: kopf would otherwise name itself after the user from the
+    password database, and a container's numeric user (10001, or whatever ``runAsUser`` a cluster assigns)
+    has no entry there, which ended every pod at start-up with ``getpwuid(): uid not found``.
+    """
+    return {"clusterwide": not namespaces, "namespaces": namespaces, "liveness_endpoint": liveness,
+            "standalone": True, "identity": identity}
+
+
+async def _lead(args: argparse.Namespace, identity: str,
+                operate: Callable[[asyncio.Event], Awaitable[None]]) -> bool:
     from kcmail import leader
     from kcmail.apisession import logged_in_kube
 
@@ -96,7 +110,7 @@ async def _lead(args: argparse.Namespace, operate: Callable[[asyncio.Event], Awa
     # Two connections: a renewal, and a release while one is in flight.
     async with logged_in_kube(connections=2) as kube:
         elector = leader.Elector(kube, namespace, lease_name(args.leader_election_id, args.shard),
-                                 leader.own_identity())
+                                 identity)
         return await leader.lead(elector, operate, liveness=args.liveness)
 
 

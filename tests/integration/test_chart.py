@@ -98,6 +98,8 @@ def value_sets(ns: Namespaces) -> dict[str, dict[str, Any]]:
         "namespaced-debug": {"watchNamespaces": [ns.watched, ns.unwatched], "logging": {"level": "debug"},
                              "rbac": {"scope": "namespaced"}},
         "one-replica-own-lease": {"replicas": 1, "leaderElection": {"id": "kcmail-tenants"}},
+        # A platform that assigns the user and group itself (OpenShift's restricted SCC).
+        "platform-assigned-user": {"runAsUser": None, "runAsGroup": None},
         "two-shards": {"shards": ["blue", "green"], "workers": 8},
     }
 
@@ -198,6 +200,8 @@ def test_deployment_runs_two_hardened_replicas_with_the_chart_values(helm, deven
     pod = spec["template"]["spec"]
     container = _container(docs)
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # The image's user and its group: without runAsGroup the process ran in group 0 on a real node.
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (10001, 10001)
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     hardening = container["securityContext"]
     assert hardening["readOnlyRootFilesystem"] is True

@@ -177,3 +177,18 @@ async def test_the_leader_metric_is_1_while_this_process_acts_and_0_once_it_stop
     assert seen == [1.0]
     assert gauge._value.get() == 0.0
     assert elector.released
+
+
+def test_kopf_is_given_the_lease_identity_so_it_never_looks_up_the_user():
+    # A container's numeric user has no password-database entry: kopf's own default identity
+    # (getpass.getuser) ended every pod of the chart at start-up before kcmail gave it one.
+    import inspect
+
+    import kopf
+
+    options = cli.kopf_options(("team-a",), liveness="http://0.0.0.0:8081/healthz", identity="kcmail-abc_1234")
+    assert options["identity"] == "kcmail-abc_1234"
+    assert options["standalone"] is True
+    assert options["clusterwide"] is False
+    for entry in (kopf.run, kopf.operator):
+        assert set(options) <= set(inspect.signature(entry).parameters), entry
