@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint components mail-servers image-tools image down bench bench-quick
+.PHONY: demo test lint components mail-servers image-tools image node-tools down bench bench-quick
 
 $(BIN)/kcmail: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,11 +11,12 @@ $(BIN)/kcmail: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# kube-apiserver, kubectl, etcd, helm and the Argo CD health evaluators (built with Go; Argo CD 3.6 with the
-# Go 1.27.3 toolchain, which the go command fetches) and Keycloak (fetched with Maven), cached per version.
+# kube-apiserver, kubectl, etcd, helm, the one-node cluster's kubelet, scheduler and controller manager and
+# the Argo CD health evaluators (built with Go; Argo CD 3.6 with the Go 1.27.3 toolchain, which the go command
+# fetches) and Keycloak (fetched with Maven), cached per version.
 components: $(BIN)/kcmail
 	$(BIN)/kcmail dev build --keycloak-version 26.7.3 --keycloak-version 26.4.7 \
-		--argocd-version 3.6.2 --argocd-version 3.2.12
+		--argocd-version 3.6.2 --argocd-version 3.2.12 --node
 
 # Postfix and Dovecot, the environment's real MTA, are Debian's packages; installing them needs root.
 mail-servers:
@@ -31,10 +32,16 @@ image-tools:
 image: image-tools $(BIN)/kcmail
 	$(BIN)/kcmail dev image
 
+# The one-node cluster the chart tests install on (kcmail dev up --node): Debian's container runtime and
+# CNI plugins; the kubelet, scheduler and controller manager are built with Go like the API server.
+node-tools:
+	@command -v containerd >/dev/null && command -v runc >/dev/null && test -x /usr/lib/cni/bridge || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc containernetworking-plugins; }
+
 lint: $(BIN)/kcmail
 	$(BIN)/ruff check operator tests bench
 
-test: lint components mail-servers image
+test: lint components mail-servers image node-tools
 	$(BIN)/pytest
 
 demo: components mail-servers

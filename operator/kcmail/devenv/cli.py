@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from kcmail.devenv import components, environment, versions
+from kcmail.devenv import components, environment, node, versions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,11 +17,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     actions = dev.add_subparsers(dest="dev_action", required=True)
     up = actions.add_parser("up", help="build what is missing, start every server, write dev.env")
     up.add_argument("--keycloak-version", choices=versions.KEYCLOAK_CHOICES, default=versions.KEYCLOAK)
+    up.add_argument("--node", action="store_true",
+                    help="also run a one-node cluster (kubelet, containerd) for the Helm chart; needs root and "
+                         "Debian's containerd, runc and containernetworking-plugins; every server then serves "
+                         "on the node's bridge address (docs/local-node.md)")
     build = actions.add_parser("build", help="only build or fetch the components into the cache")
     build.add_argument("--keycloak-version", choices=versions.KEYCLOAK_CHOICES, action="append",
                        help="repeat for several; default the pinned one")
     build.add_argument("--argocd-version", choices=versions.ARGOCD_CHOICES, action="append", default=[],
                        help="also build the Argo CD health evaluator the health-check tests run; repeat for several")
+    build.add_argument("--node", action="store_true",
+                       help="also build the kubelet, kube-controller-manager and kube-scheduler of `up --node`")
     actions.add_parser("image", help="build the operator's image from the Dockerfile with buildah (Debian bases "
                                      "made with mmdebstrap), cached, and export it for containerd")
     actions.add_parser("down", help="stop every server that `up` started")
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except components.PrerequisiteMissing as error:
         print(f"kcmail dev: missing prerequisite: {error}", file=sys.stderr)
         return 2
-    except (components.BuildFailed, environment.AlreadyRunning) as error:
+    except (components.BuildFailed, environment.AlreadyRunning, node.NodeUnavailable) as error:
         print(f"kcmail dev: {error}", file=sys.stderr)
         return 1
 
@@ -59,6 +65,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             components.ensure_all(version)
         for version in args.argocd_version:
             components.build_argocd_health_eval(version)
+        if args.node:
+            components.build_kubernetes_node(versions.KUBERNETES)
         print(f"components cached under {components.cache_root() / 'components'}")
         return 0
     if args.dev_action == "image":
@@ -69,7 +77,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.dev_action == "up":
         started = time.monotonic()
-        env = environment.up(args.dir, keycloak_version=args.keycloak_version)
+        env = environment.up(args.dir, keycloak_version=args.keycloak_version, with_node=args.node)
         print(f"The local environment is up ({time.monotonic() - started:.0f} s).\n"
               f"  Kubernetes {env.kubernetes_version}: {env.kube_api_url}\n"
               f"  Keycloak {env.keycloak_version}:   {env.keycloak_url}  (admin user {env.keycloak_admin_user})\n"
@@ -79,7 +87,9 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"  Postfix+Dovecot:  {env.smtp_host}:{env.postfix_starttls_port} (STARTTLS), "
               f"{env.smtp_host}:{env.postfix_tls_port} (TLS), {env.smtp_host}:{env.postfix_short_line_port} "
               f"(STARTTLS, 2048-byte lines); received mail in {env.postfix_spool}\n"
-              f"Use it in this shell:  source {env.state_dir / environment.ENV_FILE}\n"
+              + (f"  Node {env.node_name}:  {env.node_address} (helm install: docs/local-node.md)\n"
+                 if env.node_name else "")
+              + f"Use it in this shell:  source {env.state_dir / environment.ENV_FILE}\n"
               f"Stop it:               kcmail dev down")
         return 0
     if args.dev_action == "down":

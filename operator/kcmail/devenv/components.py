@@ -260,21 +260,40 @@ def build_argocd_health_eval(version: str, progress: Progress = print_progress) 
 def build_kubernetes(version: str, progress: Progress = print_progress) -> tuple[Path, Path]:
     """kube-apiserver and kubectl of ``version``, built from the k8s.io/kubernetes module."""
     target = cache_root() / "components" / f"kubernetes-v{version}"
-    apiserver, kubectl = target / "kube-apiserver", target / "kubectl"
-    if apiserver.exists() and kubectl.exists():
-        return apiserver, kubectl
-    wrapper = _go_wrapper(f"kubernetes-v{version}", "local/k8sbin",
-                          f"building kube-apiserver and kubectl v{version} with Go (first run: 10-25 min on 2 cores)",
+    apiserver, kubectl = _build_kubernetes_commands(version, target, ("kube-apiserver", "kubectl"),
+                                                    "10-25 min", progress)
+    return apiserver, kubectl
+
+
+# The binaries of the optional one-node cluster (``kcmail dev node``), cached apart from the API server's
+# because only that mode needs them.
+NODE_COMMANDS = ("kubelet", "kube-controller-manager", "kube-scheduler")
+
+
+def build_kubernetes_node(version: str, progress: Progress = print_progress) -> dict[str, Path]:
+    """kubelet, kube-controller-manager and kube-scheduler of ``version``, from the same module as the API server."""
+    target = cache_root() / "components" / f"kubernetes-node-v{version}"
+    paths = _build_kubernetes_commands(version, target, NODE_COMMANDS, "8-15 min", progress)
+    return dict(zip(NODE_COMMANDS, paths, strict=True))
+
+
+def _build_kubernetes_commands(version: str, target: Path, commands: Sequence[str], first_run: str,
+                               progress: Progress) -> list[Path]:
+    paths = [target / command for command in commands]
+    if all(path.exists() for path in paths):
+        return paths
+    wrapper = _go_wrapper(target.name, "local/k8sbin",
+                          f"building {', '.join(commands)} v{version} with Go (first run: {first_run} on 2 cores)",
                           progress)
     gomod = Path(json.loads(wrapper.output("mod", "download", "-json", f"k8s.io/kubernetes@v{version}"))["GoMod"])
     minor, patch = version.split(".")[1:]
     edits = [f"-replace={m}={m}@v0.{minor}.{patch}" for m in _staging_modules(gomod.read_text())]
     wrapper.run("mod", "edit", *edits, what="go mod edit")
     wrapper.run("get", f"k8s.io/kubernetes@v{version}", what="resolving Kubernetes modules")
-    for command in ("kube-apiserver", "kubectl"):
+    for command in commands:
         wrapper.build(f"k8s.io/kubernetes/cmd/{command}", command, _k8s_ldflags(version))
     wrapper.install(target)
-    return apiserver, kubectl
+    return paths
 
 
 def build_etcd(version: str, progress: Progress = print_progress) -> Path:

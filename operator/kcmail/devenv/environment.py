@@ -2,11 +2,13 @@
 
 ``up`` builds or reuses the components, starts every server on loopback, seeds Keycloak and writes an
 env file; ``Environment.load`` reads that file back, so a second shell, a test session or the demo can
-use an environment that is already running.
+use an environment that is already running. ``up(node=True)`` adds a one-node cluster (node.py) and then
+serves everything on the node's host-only bridge address instead, because pods cannot reach loopback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shlex
@@ -15,7 +17,7 @@ import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from kcmail.devenv import components, postfix_server, versions
+from kcmail.devenv import components, image, node, postfix_server, versions
 from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
 from kcmail.devenv.keycloak_server import MAILBOX_CLAIM, Seeded, seed, start_keycloak
 from kcmail.devenv.kube import start_control_plane
@@ -112,6 +114,10 @@ class Environment:
     postfix_tls_port: int = 0
     postfix_short_line_port: int = 0
     postfix_spool: Path = Path()
+    # The one-node cluster (``up(node=True)``): its name and the bridge address every server binds; empty
+    # when the environment has no node.
+    node_name: str = ""
+    node_address: str = ""
 
     @property
     def realms(self) -> tuple[str, ...]:
@@ -174,9 +180,12 @@ class Environment:
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
-def up(state_dir: Path | None = None, *, keycloak_version: str = versions.KEYCLOAK,
+def up(state_dir: Path | None = None, *, keycloak_version: str = versions.KEYCLOAK, with_node: bool = False,
        progress: components.Progress = components.print_progress) -> Environment:
-    """Start every server of the environment and return its description (also written to ``dev.env``)."""
+    """Start every server of the environment and return its description (also written to ``dev.env``).
+
+    ``with_node`` adds the one-node cluster, and every server then binds its host-only bridge address.
+    """
     state_dir = (state_dir or default_state_dir()).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     registry = ProcessRegistry(state_dir)
@@ -184,26 +193,31 @@ def up(state_dir: Path | None = None, *, keycloak_version: str = versions.KEYCLO
     if running:
         raise AlreadyRunning(f"{', '.join(running)} already running from {state_dir}; "
                              "run `kcmail dev down` first")
-    registry.stop_all()
+    if with_node:
+        node.check_machine()
+    _stop(state_dir, registry)
     _clear_previous_run(state_dir)
     parts = components.ensure_all(keycloak_version, progress)
     try:
-        return _start(state_dir, registry, parts, keycloak_version, progress)
+        if with_node:
+            node.ensure_bridge()
+        return _start(state_dir, registry, parts, keycloak_version, progress, with_node=with_node)
     except BaseException:
-        registry.stop_all()
+        _stop(state_dir, registry)
         raise
 
 
 def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Components, keycloak_version: str,
-           progress: components.Progress) -> Environment:
+           progress: components.Progress, *, with_node: bool) -> Environment:
+    host = node.NODE_ADDRESS if with_node else "127.0.0.1"
     ca = CertificateAuthority(state_dir / "pki")
     # Keycloak is by far the slowest to start: launch it first and wait for it last.
     progress(f"starting Keycloak {keycloak_version}")
     keycloak = start_keycloak(registry, parts.keycloak_home, parts.keycloak_java_home, ca, state_dir,
-                              keycloak_version)
+                              keycloak_version, host=host)
     progress(f"starting etcd and kube-apiserver v{versions.KUBERNETES}")
     plane, admin_cert = start_control_plane(registry, kube_apiserver=parts.kube_apiserver, etcd=parts.etcd,
-                                            ca=ca, state_dir=state_dir)
+                                            ca=ca, state_dir=state_dir, host=host, for_node=with_node)
     plane.wait_ready(admin_cert)
     progress("waiting for Keycloak to be ready (first start: about a minute)")
     keycloak.wait_ready(timeout=300)
@@ -211,18 +225,18 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
     seeded = seed(keycloak, ca.cert_path, target_realms=TARGET_REALMS,
                   mailboxes={client: mailboxes[0] for client, mailboxes in SENDER_MAILBOXES.items()})
     progress("starting the XOAUTH2 SMTP server")
-    smtp = _smtp_config(state_dir, ca, seeded)
+    smtp = _smtp_config(state_dir, ca, seeded, host)
     config_path = state_dir / "smtp" / "config.json"
     config_path.write_text(smtp.to_json())
     config_path.chmod(0o600)
     server = registry.start("smtp", [sys.executable, "-m", "kcmail.devenv.smtp_server",
                                      "--config", str(config_path)])
     for listener in smtp.listeners:
-        wait_until(lambda port=listener.port: port_open(port), server=server, what=f"port {listener.port}",
+        wait_until(lambda port=listener.port: port_open(port, host), server=server, what=f"port {listener.port}",
                    timeout=30)
     starttls_port, tls_port = (listener.port for listener in smtp.listeners)
     progress("starting Postfix with Dovecot")
-    postfix = _postfix_config(state_dir, ca, seeded)
+    postfix = _postfix_config(state_dir, ca, seeded, host)
     postfix_server.start(registry, postfix)
     (basic_user, basic_password), = smtp.basic_users.items()
     env = Environment(
@@ -235,19 +249,24 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
         issuer_client_id=seeded.client_id, issuer_client_secret=seeded.client_secret,
         issuer_other_client_id=seeded.other_client_id, issuer_other_client_secret=seeded.other_client_secret,
         issuer_scope=seeded.scope, target_realms=",".join(seeded.target_realms),
-        smtp_host="127.0.0.1", smtp_starttls_port=starttls_port, smtp_tls_port=tls_port,
+        smtp_host=host, smtp_starttls_port=starttls_port, smtp_tls_port=tls_port,
         smtp_spool=smtp.spool_dir, smtp_basic_user=basic_user, smtp_basic_password=basic_password,
         issuer_rotation_client_id=seeded.rotation_client_id, helm=parts.helm,
         keycloak_management_url=keycloak.management_url,
         postfix_starttls_port=postfix.starttls_port, postfix_tls_port=postfix.tls_port,
         postfix_short_line_port=postfix.short_line_port, postfix_spool=postfix.spool_dir,
     )
+    if with_node:
+        built = image.build(progress)
+        started = node.start(registry, state_dir=state_dir, ca=ca, api_url=plane.api_url, kubectl=parts.kubectl,
+                             admin_kubeconfig=plane.admin_kubeconfig, archives=[built.archive], progress=progress)
+        env = dataclasses.replace(env, node_name=started.name, node_address=started.address)
     env.write()
     return env
 
 
-def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded) -> SmtpServerConfig:
-    serving = ca.issue("smtp", "smtp.kcmail.test", names=LOOPBACK_NAMES)
+def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded, host: str) -> SmtpServerConfig:
+    serving = ca.issue("smtp", "smtp.kcmail.test", names=_names(host))
     return SmtpServerConfig(
         listeners=(ListenerConfig(name="starttls", port=free_port(), tls="starttls"),
                    ListenerConfig(name="implicit", port=free_port(), tls="implicit")),
@@ -257,25 +276,40 @@ def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded) -> S
                  seeded.other_client_id: SENDER_MAILBOXES["other-app"],
                  seeded.rotation_client_id: SENDER_MAILBOXES["rotation-app"]},
         basic_users={"basic-user@acme.example": secrets.token_urlsafe(18)},
-        refused_domains=(REFUSED_DOMAIN,),
+        refused_domains=(REFUSED_DOMAIN,), host=host,
     )
 
 
-def _postfix_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded) -> postfix_server.PostfixConfig:
-    serving = ca.issue("postfix", "postfix.kcmail.test", names=LOOPBACK_NAMES)
+def _names(host: str) -> tuple[str, ...]:
+    """What a server's certificate names: loopback, and the node's bridge address when it serves there."""
+    return tuple(dict.fromkeys((*LOOPBACK_NAMES, host)))
+
+
+def _postfix_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded,
+                    host: str) -> postfix_server.PostfixConfig:
+    serving = ca.issue("postfix", "postfix.kcmail.test", names=_names(host))
     return postfix_server.PostfixConfig(
         root=state_dir / "postfix", cert_file=serving.cert, key_file=serving.key, ca_file=ca.cert_path,
         introspection_url=seeded.introspection_url, client_id=seeded.introspection_client_id,
         client_secret=seeded.introspection_client_secret, username_claim=MAILBOX_CLAIM,
         starttls_port=free_port(), tls_port=free_port(), short_line_port=free_port(), sasl_port=free_port(),
-        refused_domains=(REFUSED_DOMAIN,))
+        refused_domains=(REFUSED_DOMAIN,), host=host)
 
 
 def down(state_dir: Path | None = None) -> list[str]:
     """Stop every process ``up`` started in ``state_dir``; returns their names."""
     state_dir = (state_dir or default_state_dir()).resolve()
-    stopped = ProcessRegistry(state_dir).stop_all()
+    return _stop(state_dir, ProcessRegistry(state_dir))
+
+
+def _stop(state_dir: Path, registry: ProcessRegistry) -> list[str]:
+    has_node = node.layout(state_dir).root.exists()
+    # The node first: its pods outlive the processes the registry knows of.
+    node.stop(registry, state_dir)
+    stopped = registry.stop_all()
     postfix_server.remove_runtime(state_dir / "postfix")
+    if has_node:
+        node.remove_bridge()
     return stopped
 
 
@@ -287,7 +321,7 @@ def status(state_dir: Path | None = None) -> dict[str, bool]:
 
 def _clear_previous_run(state_dir: Path) -> None:
     # Every run gets a fresh CA, etcd and spool: leftovers would mix two runs' certificates and mail.
-    for name in ("pki", "kube", "smtp", "postfix", "keycloak", "logs", ENV_FILE):
+    for name in ("pki", "kube", "smtp", "postfix", "keycloak", "logs", "node", ENV_FILE):
         target = state_dir / name
         if target.is_dir():
             shutil.rmtree(target)

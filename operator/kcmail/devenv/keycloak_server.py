@@ -140,8 +140,8 @@ def heap_options(max_heap: str) -> str:
 
 
 def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: CertificateAuthority,
-                   state_dir: Path, version: str) -> KeycloakServer:
-    """Launch Keycloak ``version`` from the distribution at ``home`` and return without waiting.
+                   state_dir: Path, version: str, host: str = "127.0.0.1") -> KeycloakServer:
+    """Launch Keycloak ``version`` from the distribution at ``home`` on ``host`` and return without waiting.
 
     Call ``wait_ready`` before using it. The bootstrap admin password is random per start and travels
     only in the child's environment and the returned object (whose repr hides it).
@@ -155,15 +155,16 @@ def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: C
     augmented = cache if cache.is_dir() else None
     own_home = _private_home(home, state_dir / "keycloak", augmented)
     http_port, https_port, management_port = free_port(), free_port(), free_port()
-    pair = ca.issue(name, "localhost", names=("localhost", "127.0.0.1"), rsa_key=True)
-    url = f"https://127.0.0.1:{https_port}"
+    pair = ca.issue(name, "localhost", names=tuple(dict.fromkeys(("localhost", "127.0.0.1", host))), rsa_key=True)
+    url = f"https://{host}:{https_port}"
     password = secrets.token_urlsafe(24)
     options = [
         "start-dev",
         *_BUILD_OPTIONS,
-        # Loopback only; the management interface inherits the host and the TLS settings. start-dev
-        # keeps plain HTTP on whatever --http-enabled says, so it gets a free port nobody is told of.
-        "--http-host=127.0.0.1",
+        # Loopback (or the node's host-only bridge); the management interface inherits the host and the TLS
+        # settings. start-dev keeps plain HTTP on whatever --http-enabled says, so it gets a free port
+        # nobody is told of.
+        f"--http-host={host}",
         f"--http-port={http_port}",
         f"--https-port={https_port}",
         f"--https-certificate-file={pair.cert}",
@@ -195,7 +196,7 @@ def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: C
     process = registry.start(name, [str(own_home / "bin" / "kc.sh"), *options], env=env,
                              cwd=own_home)
     return KeycloakServer(process=process, version=version, home=own_home, url=url,
-                          management_url=f"https://127.0.0.1:{management_port}", ca_file=ca.cert_path,
+                          management_url=f"https://{host}:{management_port}", ca_file=ca.cert_path,
                           admin_user=_ADMIN_USER, admin_password=password,
                           augmentation_cache=None if augmented else cache)
 

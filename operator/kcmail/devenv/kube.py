@@ -1,7 +1,9 @@
 """A Kubernetes control plane on loopback: etcd and kube-apiserver, TLS from the run-time CA, RBAC on.
 
 There is no kube-controller-manager: namespaces never finish deleting, owner references never cascade
-and no default ServiceAccount appears. Tests stay off those paths (each uses its own namespace).
+and no default ServiceAccount appears. Tests stay off those paths (each uses its own namespace). The
+one-node cluster (node.py) adds the controller manager, the scheduler and a kubelet beside this API server,
+which then serves on the node's host-only bridge address instead of loopback.
 """
 
 from __future__ import annotations
@@ -48,21 +50,27 @@ def start_etcd(registry: ProcessRegistry, etcd: Path, data_dir: Path) -> tuple[S
 
 
 def start_control_plane(registry: ProcessRegistry, *, kube_apiserver: Path, etcd: Path,
-                        ca: CertificateAuthority, state_dir: Path) -> tuple[ControlPlane, KeyPair]:
-    """Start etcd and kube-apiserver; returns once etcd is healthy and the API server is launched."""
+                        ca: CertificateAuthority, state_dir: Path, host: str = "127.0.0.1",
+                        for_node: bool = False) -> tuple[ControlPlane, KeyPair]:
+    """Start etcd and kube-apiserver; returns once etcd is healthy and the API server is launched.
+
+    ``host`` is the address it serves on and advertises. ``for_node`` readies it for pods: the
+    ServiceAccount admission plugin mounts their tokens, and it reaches the kubelet for logs.
+    """
     kube_dir = state_dir / "kube"
     kube_dir.mkdir(parents=True, exist_ok=True)
     etcd_server, etcd_url = start_etcd(registry, etcd, kube_dir / "etcd-data")
     serving = ca.issue("apiserver", "kube-apiserver",
-                       names=(*LOOPBACK_NAMES, "kubernetes", "kubernetes.default", "kubernetes.default.svc"))
+                       names=tuple(dict.fromkeys((*LOOPBACK_NAMES, host, "kubernetes", "kubernetes.default",
+                                                  "kubernetes.default.svc"))))
     admin = ca.issue("admin", "kcmail-admin", organizations=("system:masters",), client=True)
     signing_key = write_signing_key(kube_dir / "sa-signer.key")
     port = free_port()
-    api_url = f"https://127.0.0.1:{port}"
+    api_url = f"https://{host}:{port}"
     apiserver = registry.start("kube-apiserver", [
         str(kube_apiserver),
         f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+        f"--bind-address={host}", f"--advertise-address={host}", f"--secure-port={port}",
         f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
         f"--client-ca-file={ca.cert_path}",
         "--authorization-mode=Node,RBAC",
@@ -70,8 +78,7 @@ def start_control_plane(registry: ProcessRegistry, *, kube_apiserver: Path, etcd
         f"--service-account-key-file={signing_key}",
         f"--service-account-signing-key-file={signing_key}",
         "--service-cluster-ip-range=10.0.0.0/24",
-        # No controller-manager signs ServiceAccount tokens into Secrets; admission would wait for them.
-        "--disable-admission-plugins=ServiceAccount",
+        *(_node_flags(ca) if for_node else _NO_NODE_FLAGS),
         "--allow-privileged=true",
         f"--cert-dir={kube_dir / 'certs'}",
         "--v=1",
@@ -81,6 +88,19 @@ def start_control_plane(registry: ProcessRegistry, *, kube_apiserver: Path, etcd
     plane = ControlPlane(api_url=api_url, ca_file=ca.cert_path, admin_kubeconfig=kubeconfig,
                          etcd=etcd_server, apiserver=apiserver)
     return plane, admin
+
+
+# Without a node nothing mounts ServiceAccount tokens into pods, and no pod ever runs: admission would only
+# reject the tests' bare pods for lacking a ServiceAccount.
+_NO_NODE_FLAGS = ("--disable-admission-plugins=ServiceAccount",)
+
+
+def _node_flags(ca: CertificateAuthority) -> list[str]:
+    # `kubectl logs` goes through the API server to the kubelet, which trusts this CA's client certificates.
+    client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                      organizations=("system:masters",), client=True)
+    return [f"--kubelet-client-certificate={client.cert}", f"--kubelet-client-key={client.key}",
+            "--kubelet-preferred-address-types=InternalIP"]
 
 
 def write_kubeconfig(path: Path, *, api_url: str, ca_file: Path, user: str, cert: KeyPair | None = None,

@@ -104,7 +104,8 @@ def xoauth2_mailconfig(env: Environment, namespace: str, name: str, realm: str, 
     body: dict[str, Any] = {
         "connectionRef": {"kind": "ClusterKeycloakConnection", "name": CONNECTION},
         "realm": realm,
-        "smtp": {"host": "localhost", "port": env.smtp_starttls_port, "security": "StartTLS"},
+        # A name, not an address, where the servers are on loopback; pods reach only the node's address.
+        "smtp": {"host": env.node_address or "localhost", "port": env.smtp_starttls_port, "security": "StartTLS"},
         "sender": {"from": mailbox, "fromDisplayName": f"{realm} mail"},
         "auth": {"type": "XOAUTH2", "username": mailbox,
                  "xoauth2": {"tokenURL": env.issuer_token_url, "scope": env.issuer_scope,

@@ -85,6 +85,8 @@ class PostfixConfig:
     sasl_port: int
     refused_domains: tuple[str, ...] = ()
     hostname: str = "postfix.kcmail.test"
+    # The address its smtpd ports bind: loopback, or the one-node cluster's host-only bridge (node.py).
+    host: str = HOST
 
     def __post_init__(self) -> None:
         ports = (self.starttls_port, self.tls_port, self.short_line_port, self.sasl_port)
@@ -146,7 +148,7 @@ def main_cf(config: PostfixConfig) -> str:
         # No domain is local: every recipient goes to the recording transport below.
         "mydestination": "",
         "local_recipient_maps": "",
-        "inet_interfaces": "loopback-only",
+        "inet_interfaces": "loopback-only" if config.host == HOST else f"{HOST}, {config.host}",
         "inet_protocols": "ipv4",
         "maillog_file": "/dev/stdout",
         "smtputf8_enable": "yes",
@@ -174,9 +176,9 @@ def master_cf(config: PostfixConfig) -> str:
     """Postfix's ``master.cf``: three smtpd listeners, the daemons Postfix needs, no chroot anywhere."""
     smtpd = "inet  n       -       n       -       -       smtpd"
     lines = [
-        f"{HOST}:{config.starttls_port} {smtpd}",
-        f"{HOST}:{config.tls_port} {smtpd} -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt",
-        f"{HOST}:{config.short_line_port} {smtpd} -o line_length_limit={DEFAULT_LINE_LENGTH_LIMIT}",
+        f"{config.host}:{config.starttls_port} {smtpd}",
+        f"{config.host}:{config.tls_port} {smtpd} -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt",
+        f"{config.host}:{config.short_line_port} {smtpd} -o line_length_limit={DEFAULT_LINE_LENGTH_LIMIT}",
     ]
     services = (
         ("pickup", "unix", "n", "60", "1"), ("cleanup", "unix", "n", "-", "0"), ("qmgr", "unix", "n", "300", "1"),
@@ -309,4 +311,4 @@ def start(registry: ProcessRegistry, config: PostfixConfig, *, timeout: float = 
     # -d keeps the master in the process group the registry stops; `postfix start-fg` would detach it.
     master = registry.start("postfix", [str(MASTER), "-c", str(config.config_dir), "-d"])
     for port in (config.starttls_port, config.tls_port, config.short_line_port):
-        wait_until(lambda port=port: port_open(port), server=master, what=f"port {port}", timeout=timeout)
+        wait_until(lambda port=port: port_open(port, config.host), server=master, what=f"port {port}", timeout=timeout)

@@ -106,6 +106,8 @@ class SmtpServerConfig:
     refused_domains: tuple[str, ...] = ()
     require_auth: bool = True
     hostname: str = "localhost"
+    # The address every listener binds: loopback, or the one-node cluster's host-only bridge (node.py).
+    host: str = HOST
 
     def __post_init__(self) -> None:
         names = [listener.name for listener in self.listeners]
@@ -339,7 +341,7 @@ async def serving(config: SmtpServerConfig) -> AsyncIterator[RunningSmtpServer]:
         ports: dict[str, int] = {}
         for listener in config.listeners:
             server = await loop.create_server(_session_factory(config, listener, verifier, tls, sessions),
-                                              HOST, listener.port,
+                                              config.host, listener.port,
                                               ssl=tls if listener.tls == "implicit" else None)
             servers.append(server)
             ports[listener.name] = server.sockets[0].getsockname()[1]
