@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import kopf
 
+from kcmail import leader
 from kcmail.answers import TOKEN_ANSWER_LIMIT, limited_client
 from kcmail.apisession import bounded_session, connection_limit, login_info, rotating_token_file
 from kcmail.connection_status import check_connection
@@ -99,6 +100,8 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession:
 async def cleanup(**_: Any) -> None:
     if _runtime is not None:
         await _runtime.aclose()
+    # kopf's handlers and kcmail's work queue have stopped: nothing acts any more, so a follower may.
+    await leader.step_down()
 
 
 @kopf.on.probe(id="keycloak-clients")

@@ -37,8 +37,11 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kcmail"
 RELEASE = "kcmail"
 NAMESPACE = operator_env.SYSTEM_NAMESPACE
-TENANT = "tenant-acme"
-REALM = "acme"
+# A tenant namespace and a realm of this run's own, so that a node environment can be reused
+# (KCMAIL_NODE_DEVENV_FILE).
+RUN = uuid.uuid4().hex[:6]
+TENANT = f"tenant-{RUN}"
+REALM = f"acme-{RUN}"
 MAILCONFIG = "acme"
 SELECTOR = "app.kubernetes.io/name=kcmail"
 
@@ -132,7 +135,9 @@ def release(node_env: Environment, node_admin: KeycloakAdminAPI,
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": {
             "pod-security.kubernetes.io/enforce": "restricted",
             "pod-security.kubernetes.io/enforce-version": "latest"}}}))
-    rel.ok("-n", NAMESPACE, "create", "configmap", "kcmail-ca", f"--from-file=ca.crt={node_env.ca_file}")
+    rel.ok("apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kcmail-ca", "namespace": NAMESPACE},
+        "data": {"ca.crt": node_env.ca_file.read_text()}}))
     installed = rel.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values), "--wait",
                          "--timeout", "4m")
     assert installed.returncode == 0, installed.stderr
@@ -183,6 +188,7 @@ def test_the_pods_are_admitted_under_the_restricted_standard_and_pass_their_live
 
 def test_a_mailconfig_becomes_ready_and_keycloak_delivers_through_the_settings_it_wrote(release):
     env = release.env
+    operator_env.create_realm(env, REALM)
     release.admin.record_admin_events(REALM)
     operator_env.install_connection(env)
     operator_env.apply(env, operator_env.namespace(TENANT), operator_env.issuer_secret(env, TENANT, "acme-oauth"),

@@ -192,3 +192,38 @@ def test_kopf_is_given_the_lease_identity_so_it_never_looks_up_the_user():
     assert options["clusterwide"] is False
     for entry in (kopf.run, kopf.operator):
         assert set(options) <= set(inspect.signature(entry).parameters), entry
+
+
+async def test_the_operators_cleanup_steps_down_before_kopf_finishes_stopping():
+    """The Lease is released from kopf's cleanup, with the renewals stopped first, not after kopf's final sweep
+    of the tasks it started (which left a renewal's session unable to release on a loaded node)."""
+    renewals: list[str] = []
+
+    class Elector(_InstantElector):
+        async def keep(self) -> None:
+            while True:
+                renewals.append("renewed")
+                await asyncio.sleep(0.01)
+
+        async def release(self) -> None:
+            renewals.append("released")
+            self.released = True
+
+    elector = Elector()
+    gauge = metrics.LEADER.labels("kcmail-system/kcmail-shard-blue")
+    after_step_down: list[tuple[bool, float]] = []
+
+    async def operate(stop: asyncio.Event) -> None:
+        await asyncio.sleep(0.05)
+        await leader.step_down()  # what kcmail's kopf cleanup handler does
+        after_step_down.append((elector.released, gauge._value.get()))
+        await asyncio.sleep(0.05)  # the rest of kopf's shutdown: no renewal may happen now
+
+    assert await leader.lead(elector, operate, liveness=None) is True  # type: ignore[arg-type]
+    assert after_step_down == [(True, 0.0)]
+    assert renewals[-1] == "released"
+    assert renewals.count("released") == 1
+    assert "renewed" in renewals
+    # Outside lead() (--no-leader-election) it does nothing.
+    await leader.step_down()
+    assert renewals.count("released") == 1

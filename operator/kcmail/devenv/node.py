@@ -34,6 +34,11 @@ from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, w
 NODE_ADDRESS = "10.244.0.1"
 POD_SUBNET = "10.244.0.0/24"
 BRIDGE = "kcmail0"
+# The bridge's own MAC address (locally administered). A bridge made without one takes the lowest MAC of its
+# ports and changes it when a pod's veth with a lower one joins: the other pods' ARP entries for the node's
+# address then point nowhere until they expire, and their connections to the API server and Keycloak stall
+# for seconds (a rolling update's old leader failed to release its Lease that way).
+BRIDGE_MAC = "02:6b:63:6d:00:01"
 NODE_NAME = "kcmail-node"
 # The name containerd's CRI asks for as the sandbox image; present locally, it is never pulled.
 PAUSE_VERSION = "3.10.1"
@@ -105,7 +110,8 @@ def check_machine() -> None:
 def ensure_bridge() -> None:
     """The host-only bridge with the node's address, made before any server binds that address."""
     if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True, check=False).returncode != 0:
-        _ip("link", "add", BRIDGE, "type", "bridge")
+        _ip("link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
+    _ip("link", "set", BRIDGE, "address", BRIDGE_MAC)
     addresses = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", BRIDGE], capture_output=True, text=True,
                                check=True).stdout
     if f" {NODE_ADDRESS}/" not in addresses:
