@@ -12,6 +12,7 @@ from typing import Any
 
 from kcmail import defaults, metrics, probe_cli, redact
 from kcmail.adopt import cli as adopt_cli
+from kcmail.bridge import cli as bridge_cli
 
 # RFC 1123 label, as Kubernetes requires of a namespace's name.
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -206,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     probe_cli.register(subparsers)
     adopt_cli.register(subparsers)
+    bridge_cli.register(subparsers)
     try:
         from kcmail.devenv import cli as dev_cli
     except ImportError:

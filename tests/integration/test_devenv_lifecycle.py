@@ -40,13 +40,14 @@ def test_up_then_down_leaves_no_process_and_no_port(tmp_path, devenv):
     assert f"source {state / 'dev.env'}" in up.stdout
     env = Environment.load(state / "dev.env")
     started = ProcessRegistry(state).load()
-    assert {p.name for p in started} == {"keycloak", "etcd", "kube-apiserver", "smtp", "dovecot", "postfix"}
+    assert {p.name for p in started} == {"keycloak", "etcd", "kube-apiserver", "google", "smtp", "dovecot",
+                                         "postfix"}
     status = _kcmail("dev", "--dir", str(state), "status")
     assert status.returncode == 0
-    assert status.stdout.count("running") == 6
+    assert status.stdout.count("running") == 7
     ports = [env.smtp_starttls_port, env.smtp_tls_port, int(env.keycloak_url.rsplit(":", 1)[1]),
              int(env.kube_api_url.rsplit(":", 1)[1]), env.postfix_starttls_port, env.postfix_tls_port,
-             env.postfix_short_line_port]
+             env.postfix_short_line_port, int(env.google_token_url.rsplit(":", 1)[1].split("/")[0])]
     assert all(port_open(port) for port in ports)
 
     down = _kcmail("dev", "--dir", str(state), "down")

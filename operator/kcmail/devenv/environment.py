@@ -9,6 +9,7 @@ serves everything on the node's host-only bridge address instead, because pods c
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import shlex
@@ -17,7 +18,7 @@ import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from kcmail.devenv import components, image, node, postfix_server, versions
+from kcmail.devenv import components, google_oauth, image, node, postfix_server, versions
 from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
 from kcmail.devenv.keycloak_server import MAILBOX_CLAIM, Seeded, seed, start_keycloak
 from kcmail.devenv.kube import start_control_plane
@@ -118,6 +119,11 @@ class Environment:
     # when the environment has no node.
     node_name: str = ""
     node_address: str = ""
+    # The stand-in for Google's token endpoint and tokeninfo (google_oauth.py), and the service-account key
+    # files made for it (``google/keys.json``: delegated, disabled, undelegated; the Workspace's mailboxes).
+    google_token_url: str = ""
+    google_tokeninfo_url: str = ""
+    google_keys: Path = Path()
 
     @property
     def realms(self) -> tuple[str, ...]:
@@ -224,8 +230,10 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
     # Dovecot logs each app in as the mailbox its tokens name: the first one it may send as.
     seeded = seed(keycloak, ca.cert_path, target_realms=TARGET_REALMS,
                   mailboxes={client: mailboxes[0] for client, mailboxes in SENDER_MAILBOXES.items()})
+    progress("starting the Google token endpoint stand-in")
+    google = _start_google(state_dir, registry, ca, host)
     progress("starting the XOAUTH2 SMTP server")
-    smtp = _smtp_config(state_dir, ca, seeded, host)
+    smtp = _smtp_config(state_dir, ca, seeded, host, google.tokeninfo_url)
     config_path = state_dir / "smtp" / "config.json"
     config_path.write_text(smtp.to_json())
     config_path.chmod(0o600)
@@ -255,6 +263,7 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
         keycloak_management_url=keycloak.management_url,
         postfix_starttls_port=postfix.starttls_port, postfix_tls_port=postfix.tls_port,
         postfix_short_line_port=postfix.short_line_port, postfix_spool=postfix.spool_dir,
+        google_token_url=google.token_url, google_tokeninfo_url=google.tokeninfo_url, google_keys=google.keys,
     )
     if with_node:
         built = image.build(progress)
@@ -265,7 +274,8 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
     return env
 
 
-def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded, host: str) -> SmtpServerConfig:
+def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded, host: str,
+                 tokeninfo_url: str) -> SmtpServerConfig:
     serving = ca.issue("smtp", "smtp.kcmail.test", names=_names(host))
     return SmtpServerConfig(
         listeners=(ListenerConfig(name="starttls", port=free_port(), tls="starttls"),
@@ -276,8 +286,41 @@ def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded, host
                  seeded.other_client_id: SENDER_MAILBOXES["other-app"],
                  seeded.rotation_client_id: SENDER_MAILBOXES["rotation-app"]},
         basic_users={"basic-user@acme.example": secrets.token_urlsafe(18)},
-        refused_domains=(REFUSED_DOMAIN,), host=host,
+        refused_domains=(REFUSED_DOMAIN,), host=host, tokeninfo_url=tokeninfo_url,
     )
+
+
+# The Google Workspace's mailboxes: service accounts with delegation may have tokens for these only.
+WORKSPACE_MAILBOXES = ("no-reply@workspace.example", "alerts@workspace.example")
+
+
+@dataclass(frozen=True)
+class _Google:
+    token_url: str
+    tokeninfo_url: str
+    keys: Path
+
+
+def _start_google(state_dir: Path, registry: ProcessRegistry, ca: CertificateAuthority, host: str) -> _Google:
+    directory = state_dir / "google"
+    directory.mkdir(parents=True, exist_ok=True)
+    serving = ca.issue("google", "oauth2.googleapis.test", names=_names(host))
+    port = free_port()
+    base = f"https://{host}:{port}"
+    accounts = google_oauth.make_accounts(f"{base}/token")
+    config = google_oauth.GoogleConfig(port=port, cert_file=serving.cert, key_file=serving.key,
+                                       token_url=f"{base}/token", accounts=accounts.google,
+                                       delegations=accounts.delegations, users=WORKSPACE_MAILBOXES, host=host)
+    config_path = directory / "config.json"
+    config_path.write_text(config.to_json())
+    keys = directory / "keys.json"
+    keys.write_text(json.dumps({"delegated": accounts.delegated, "disabled": accounts.disabled,
+                                "undelegated": accounts.undelegated, "mailboxes": WORKSPACE_MAILBOXES}))
+    keys.chmod(0o600)
+    server = registry.start("google", [sys.executable, "-m", "kcmail.devenv.google_oauth", "--config",
+                                       str(config_path)])
+    wait_until(lambda: port_open(port, host), server=server, what=f"port {port}", timeout=30)
+    return _Google(token_url=f"{base}/token", tokeninfo_url=f"{base}/tokeninfo", keys=keys)
 
 
 def _names(host: str) -> tuple[str, ...]:
@@ -321,7 +364,7 @@ def status(state_dir: Path | None = None) -> dict[str, bool]:
 
 def _clear_previous_run(state_dir: Path) -> None:
     # Every run gets a fresh CA, etcd and spool: leftovers would mix two runs' certificates and mail.
-    for name in ("pki", "kube", "smtp", "postfix", "keycloak", "logs", "node", ENV_FILE):
+    for name in ("pki", "kube", "smtp", "postfix", "keycloak", "logs", "node", "google", ENV_FILE):
         target = state_dir / name
         if target.is_dir():
             shutil.rmtree(target)

@@ -39,11 +39,14 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from kcmail.devenv import mail_spool
 from kcmail.devenv.mail_spool import AuthIdentity, RecordedMessage
 from kcmail.devenv.xoauth2 import (
+    ByTokenShape,
     HttpsJwks,
     SigningKeys,
     SigningKeysUnavailable,
+    TokenInfoVerifier,
     TokenRejected,
     TokenVerifier,
+    Verifier,
     parse_initial_response,
 )
 
@@ -108,6 +111,8 @@ class SmtpServerConfig:
     hostname: str = "localhost"
     # The address every listener binds: loopback, or the one-node cluster's host-only bridge (node.py).
     host: str = HOST
+    # Google's tokeninfo (the stand-in of google_oauth.py): opaque tokens are judged by its answer.
+    tokeninfo_url: str = ""
 
     def __post_init__(self) -> None:
         names = [listener.name for listener in self.listeners]
@@ -189,7 +194,7 @@ class _Smtp(SMTP):
 class _Handler:
     """aiosmtpd hooks for one listener. aiosmtpd takes every ``auth_*`` member as a mechanism."""
 
-    def __init__(self, config: SmtpServerConfig, listener: ListenerConfig, verifier: TokenVerifier) -> None:
+    def __init__(self, config: SmtpServerConfig, listener: ListenerConfig, verifier: Verifier) -> None:
         self._config = config
         self._listener = listener
         self._verifier = verifier
@@ -300,7 +305,7 @@ def _server_tls_context(config: SmtpServerConfig) -> ssl.SSLContext:
     return context
 
 
-def _session_factory(config: SmtpServerConfig, listener: ListenerConfig, verifier: TokenVerifier,
+def _session_factory(config: SmtpServerConfig, listener: ListenerConfig, verifier: Verifier,
                      tls: ssl.SSLContext, sessions: set[_Smtp]) -> Callable[[], _Smtp]:
     handler = _Handler(config, listener, verifier)
     loop = asyncio.get_running_loop()
@@ -333,7 +338,9 @@ async def serving(config: SmtpServerConfig) -> AsyncIterator[RunningSmtpServer]:
     config.spool_dir.mkdir(parents=True, exist_ok=True)
     tls = _server_tls_context(config)
     jwks = HttpsJwks(config.jwks_url, config.ca_file)
-    verifier = TokenVerifier(issuer=config.issuer, clients=config.clients, keys=SigningKeys(jwks))
+    tokeninfo = TokenInfoVerifier(config.tokeninfo_url, config.ca_file) if config.tokeninfo_url else None
+    verifier = ByTokenShape(TokenVerifier(issuer=config.issuer, clients=config.clients, keys=SigningKeys(jwks)),
+                            tokeninfo)
     sessions: set[_Smtp] = set()
     servers: list[asyncio.Server] = []
     loop = asyncio.get_running_loop()
@@ -359,6 +366,8 @@ async def serving(config: SmtpServerConfig) -> AsyncIterator[RunningSmtpServer]:
             for server in servers:
                 await server.wait_closed()
         await jwks.aclose()
+        if tokeninfo is not None:
+            await tokeninfo.aclose()
 
 
 async def _serve_until_signalled(config: SmtpServerConfig) -> None:

@@ -3,6 +3,10 @@
 A token passes only when its signature verifies against a key the issuer publishes, it has not expired, it
 names the configured issuer, and the client it was issued to (``azp``) may send as the mailbox in
 ``user=``. Every failure carries a reason from one fixed list, which the server quotes in its 535 reply.
+
+Opaque tokens, Google's kind (``ya29.…``), are judged as Gmail judges them, by what the issuer says of them:
+its tokeninfo endpoint must know the token, name the mailbox in ``user=`` as its ``email`` and grant
+Gmail's scope (``TokenInfoVerifier``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import jwt
@@ -42,6 +46,8 @@ class Rejection(enum.StrEnum):
     MISSING_CLAIM = "required claim missing"
     UNKNOWN_CLIENT = "client not allowed"
     MAILBOX_NOT_ALLOWED = "mailbox not allowed for client"
+    UNKNOWN_TOKEN = "token unknown or expired"
+    SCOPE_MISSING = "token lacks the mail scope"
 
 
 class TokenRejected(Exception):
@@ -193,3 +199,54 @@ class TokenVerifier:
         except jwt.PyJWTError as error:
             reason = next((r for kind, r in _REASONS if isinstance(error, kind)), Rejection.MALFORMED_JWT)
             raise TokenRejected(reason) from error
+
+
+class Verifier(Protocol):
+    async def verify(self, mailbox: str, token: str) -> VerifiedToken: ...
+
+
+GMAIL_SCOPE = "https://mail.google.com/"
+
+
+class TokenInfoVerifier:
+    """Judges opaque tokens by the issuer's tokeninfo answer (Google's ``/tokeninfo?access_token=``)."""
+
+    def __init__(self, url: str, ca_file: Path, *, timeout: float = 5.0) -> None:
+        self.url = url
+        self._client = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca_file)),
+                                         timeout=timeout, trust_env=False)
+
+    async def verify(self, mailbox: str, token: str) -> VerifiedToken:
+        try:
+            response = await self._client.get(self.url, params={"access_token": token})
+        except httpx.HTTPError as error:
+            raise SigningKeysUnavailable(f"tokeninfo: {type(error).__name__}") from error
+        if response.status_code == 400:
+            raise TokenRejected(Rejection.UNKNOWN_TOKEN)
+        try:
+            response.raise_for_status()
+            info = response.json()
+        except (httpx.HTTPError, ValueError) as error:
+            raise SigningKeysUnavailable(f"tokeninfo answered {response.status_code}") from error
+        client_id = str(info.get("azp", ""))
+        if GMAIL_SCOPE not in str(info.get("scope", "")).split():
+            raise TokenRejected(Rejection.SCOPE_MISSING, client_id=client_id)
+        if str(info.get("email", "")).casefold() != mailbox.casefold():
+            raise TokenRejected(Rejection.MAILBOX_NOT_ALLOWED, client_id=client_id)
+        return VerifiedToken(client_id=client_id, token_id=None)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class ByTokenShape:
+    """JWTs to ``jwts``; any other token to ``opaque`` when there is one (else to ``jwts``, which refuses it)."""
+
+    def __init__(self, jwts: Verifier, opaque: Verifier | None) -> None:
+        self._jwts = jwts
+        self._opaque = opaque
+
+    async def verify(self, mailbox: str, token: str) -> VerifiedToken:
+        if self._opaque is not None and token.count(".") != 2:
+            return await self._opaque.verify(mailbox, token)
+        return await self._jwts.verify(mailbox, token)

@@ -1,0 +1,12 @@
+"""The Google token bridge (``kcmail bridge``): an OAuth2 token endpoint Keycloak can use to send through Gmail.
+
+Keycloak's SMTP token auth speaks only the client-credentials grant with a client secret; Google issues
+Gmail tokens for a Workspace mailbox only through the JWT-bearer grant (RFC 7523) of a service account with
+domain-wide delegation, ``sub`` being the mailbox. The bridge answers Keycloak's request as a
+client-credentials endpoint and makes Google's grant on its behalf, with Google's own library (google-auth).
+
+- ``registry.py``: the clients Keycloak presents (id, secret digest), each tied to a service-account key and
+  the one mailbox it may have a token for; read from a file kcmail writes, reloaded when it changes.
+- ``google.py``: the grant, and the tokens kept per (key, mailbox) until shortly before they expire.
+- ``server.py``: the HTTPS endpoint: request bounds, rate limits, OAuth2 error answers.
+"""

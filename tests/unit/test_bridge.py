@@ -1,0 +1,144 @@
+"""The bridge's decisions without a network: its registry, the credentials it accepts, its rate limits, how it
+reads google-auth's errors, and the tokens it keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import time
+
+import pytest
+
+from kcmail.bridge import google, registry
+from kcmail.bridge.registry import BridgeClient, parse, secret_digest
+from kcmail.bridge.server import RateLimits, client_credentials
+
+pytestmark = pytest.mark.unit
+
+KEY = {"type": "service_account", "client_email": "mailer@p.iam.gserviceaccount.com", "private_key_id": "k1",
+       "private_key": "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n"}
+
+
+def _entry(**changes: object) -> dict[str, object]:
+    return {"secretSha256": secret_digest("s3cret"), "mailbox": "no-reply@workspace.example",
+            "serviceAccountKey": KEY, **changes}
+
+
+def test_the_registry_keeps_good_entries_and_says_why_it_skips_bad_ones_without_their_values():
+    clients, problems = parse({"clients": {
+        "good": _entry(),
+        "short-digest": _entry(secretSha256="abc"),
+        "no-mailbox": _entry(mailbox="not an address"),
+        "user-key": _entry(serviceAccountKey={**KEY, "type": "authorized_user"}),
+        "no-key-id": _entry(serviceAccountKey={**KEY, "private_key_id": ""}),
+        "not-pem": _entry(serviceAccountKey={**KEY, "private_key": "hunter2"}),
+    }})
+    assert list(clients) == ["good"]
+    assert clients["good"].service_account == "mailer@p.iam.gserviceaccount.com"
+    assert len(problems) == 5
+    assert not any("hunter2" in p or "MII" in p for p in problems)
+    assert parse(["not", "an", "object"]) == ({}, ["the registry holds no 'clients' object"])
+
+
+def test_a_client_authenticates_only_with_its_own_secret(tmp_path):
+    path = tmp_path / "clients.json"
+    path.write_text('{"clients": {"good": ' + json.dumps(_entry()) + "}}")
+    clients = registry.Registry(path)
+    assert clients.authenticate("good", "s3cret") is not None
+    assert clients.authenticate("good", "s3cret ") is None
+    assert clients.authenticate("other", "s3cret") is None
+    # A rewritten file is read again: the old secret stops working at once.
+    path.write_text('{"clients": {"good": ' + json.dumps(_entry(secretSha256=secret_digest("new")))
+                    + "}}")
+    assert clients.authenticate("good", "s3cret") is None
+    assert clients.authenticate("good", "new") is not None
+    # A broken rewrite keeps what was read before rather than locking every client out.
+    path.write_text("{not json")
+    assert clients.authenticate("good", "new") is not None
+
+
+def test_repr_of_a_client_shows_no_key_or_digest():
+    (client,) = parse({"clients": {"good": _entry()}})[0].values()
+    assert "PRIVATE" not in repr(client)
+    assert secret_digest("s3cret") not in repr(client)
+
+
+@pytest.mark.parametrize(("headers", "form", "expected"), [
+    ({}, {"client_id": "a", "client_secret": "b"}, ("a", "b", False)),
+    ({"Authorization": "Basic " + base64.b64encode(b"a%3Ab:c+d").decode()}, {}, ("a:b", "c d", True)),
+    ({"Authorization": "Bearer x"}, {}, "only client_secret_post and client_secret_basic are accepted"),
+    ({"Authorization": "Basic " + base64.b64encode(b"a:b").decode()}, {"client_id": "a"},
+     "the client authenticated in two ways at once"),
+    ({"Authorization": "Basic !!!"}, {}, "the Basic credentials are not base64 of id:secret"),
+    ({}, {"client_id": "a"}, "client_id and client_secret are required"),
+])
+def test_client_credentials_come_from_the_form_or_basic_never_both(headers, form, expected):
+    assert client_credentials(headers, form) == expected
+
+
+def test_rate_limits_allow_a_burst_then_the_rate_per_client_and_in_total():
+    now = [0.0]
+    limits = RateLimits(per_client=2, total=3, clock=lambda: now[0])
+    assert [limits.allow("a") for _ in range(5)] == [True, True, True, True, False]
+    # Another client has its own bucket, but the total (burst 6) is nearly spent.
+    assert [limits.allow("b") for _ in range(3)] == [True, True, False]
+    now[0] += 1.0
+    assert limits.allow("a") is True
+
+
+def test_googles_refusal_is_read_from_google_auths_error_arguments():
+    refused = google.refusal(("unauthorized_client: Client is unauthorized…",
+                              {"error": "unauthorized_client", "error_description": "Client is unauthorized…"}))
+    assert isinstance(refused, google.GoogleRefused)
+    assert (refused.error, refused.description) == ("unauthorized_client", "Client is unauthorized…")
+    # A proxy's page is not Google refusing.
+    assert isinstance(google.refusal(("<html>…</html>",)), google.GoogleUnreachable)
+    # Google's words are foreign text: bounded, and token-shaped strings redacted.
+    long = google.refusal(("x", {"error": "invalid_grant", "error_description": "y" * 1000}))
+    assert isinstance(long, google.GoogleRefused)
+    assert len(long.description) <= google.WORDS_LIMIT
+
+
+def _client(mailbox: str = "no-reply@workspace.example", key_id: str = "k1") -> BridgeClient:
+    return BridgeClient(client_id="c", mailbox=mailbox, key={**KEY, "private_key_id": key_id},
+                        secret_sha256=secret_digest("s"))
+
+
+async def test_tokens_are_kept_per_mailbox_and_renewed_before_they_expire():
+    now = [datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)]
+    granted: list[str] = []
+
+    def grant(client: BridgeClient) -> google.IssuedToken:
+        granted.append(client.mailbox)
+        return google.IssuedToken(f"token-{len(granted)}", now[0] + datetime.timedelta(seconds=3599))
+
+    tokens = google.GoogleTokens(grant, clock=lambda: now[0])
+    first = await tokens.token(_client())
+    assert first.access_token == "token-1"
+    # Handed out a minute before Google's expiry.
+    assert first.expires_at == now[0] + datetime.timedelta(seconds=3539)
+    assert (await tokens.token(_client("NO-REPLY@workspace.example"))).access_token == "token-1"
+    assert (await tokens.token(_client("alerts@workspace.example"))).access_token == "token-2"
+    assert (await tokens.token(_client(key_id="k2"))).access_token == "token-3"
+    now[0] += datetime.timedelta(seconds=3599) - google.RENEW_BEFORE - datetime.timedelta(seconds=1)
+    assert (await tokens.token(_client())).access_token == "token-1"
+    now[0] += datetime.timedelta(seconds=2)
+    assert (await tokens.token(_client())).access_token == "token-4"
+    assert tokens.grants == 4
+
+
+async def test_concurrent_requests_for_one_mailbox_wait_for_one_grant():
+    calls = 0
+
+    def grant(_client: BridgeClient) -> google.IssuedToken:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.2)
+        return google.IssuedToken("t", datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+
+    tokens = google.GoogleTokens(grant)
+    answers = await asyncio.gather(*(tokens.token(_client()) for _ in range(10)))
+    assert {a.access_token for a in answers} == {"t"}
+    assert calls == 1
