@@ -66,6 +66,8 @@ class Reason(enum.StrEnum):
     INVALID_CLIENT = "InvalidClient"
     INVALID_SCOPE = "InvalidScope"
     TOKEN_ENDPOINT_ERROR = "TokenEndpointError"
+    # The kcmail bridge asked Google for the mailbox's token and Google refused (its own words follow).
+    GOOGLE_REFUSED = "GoogleRefused"
     # SMTP server.
     SMTP_UNREACHABLE = "SMTPUnreachable"
     SMTP_CONVERSATION_FAILED = "SMTPConversationFailed"

@@ -74,6 +74,11 @@ def classify_response(status: int, body: bytes, content_type: str, now: datetime
         description = str(data.get("error_description") or "").strip()
         words = f"{error or 'no error code'}" + (f": {description}" if description else "")
         message = f"token endpoint answered HTTP {status}: {redact(words, secrets)}"
+        if data.get("error_source") == "google" and error:
+            # kcmail bridge's mark (kcmail.bridge.server): the bridge took the request, Google refused the
+            # grant. Its unauthorized_client is Google's (delegation), not the bridge's client being wrong.
+            return Failure(Reason.GOOGLE_REFUSED,
+                           f"the token bridge asked Google, which answered: {redact(words, secrets)}")
         if error in _INVALID_CLIENT:
             return Failure(Reason.INVALID_CLIENT, message)
         if error == "invalid_scope":

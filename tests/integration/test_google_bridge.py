@@ -26,10 +26,12 @@ import httpx
 import pytest
 
 from kcmail.bridge.registry import secret_digest
+from kcmail.conditions import Reason
 from kcmail.devenv import operator_env
 from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
 from kcmail.devenv.mail_spool import wait_for_message
 from kcmail.devenv.processes import ProcessRegistry, free_port, port_open, wait_until
+from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +230,24 @@ def test_no_key_assertion_secret_or_token_reaches_the_bridges_log(bridge):
         assert canary not in log
     assert "eyJ" not in log  # no JWT, so no assertion
     assert "ya29." not in log
+
+
+@pytest.mark.parametrize(("client_id", "secret", "reason", "words"), [
+    ("gmail-no-delegation", None, Reason.GOOGLE_REFUSED, "unauthorized_client: Client is unauthorized"),
+    ("gmail-disabled-key", None, Reason.GOOGLE_REFUSED, "invalid_grant: Invalid JWT Signature."),
+    ("gmail-unknown-mailbox", None, Reason.GOOGLE_REFUSED, "invalid_grant: Invalid email or User ID"),
+    ("gmail-sender", "not-the-secret", Reason.INVALID_CLIENT, "invalid_client: unknown client or wrong secret"),
+])
+async def test_kcmails_token_probe_names_who_refused_in_their_words(bridge, client_id, secret, reason, words):
+    """The token request kcmail's probe makes (the one Keycloak makes), through the bridge: Google's refusals
+    are GoogleRefused with Google's words, the bridge's own are what they are."""
+    async with httpx.AsyncClient(verify=bridge.tls()) as http:
+        client = TokenClient(http)
+        request = TokenRequest(url=bridge.url, client_id=client_id,
+                               client_secret=secret or bridge.secrets[client_id], scope=MAIL_SCOPE,
+                               secret_version="1")
+        with pytest.raises(TokenFailure) as raised:
+            await client.token(request)
+    assert raised.value.failure.reason is reason
+    assert words in raised.value.failure.message
+    assert bridge.secrets[client_id] not in raised.value.failure.message

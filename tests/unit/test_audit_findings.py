@@ -175,3 +175,23 @@ def test_smtp_settings_reads_every_value_as_a_string():
 def test_the_exit_code_follows_the_most_severe_finding(severities, threshold, expected):
     findings = [Finding(Check.DEBUG_ENABLED, s, "acme", "m") for s in severities]
     assert reaches(findings, threshold) is expected
+
+
+@pytest.mark.parametrize("host", ["smtp.gmail.com", "SMTP.googlemail.com."])
+def test_gmail_with_basic_auth_is_an_app_password_and_the_bridge_is_suggested(host):
+    found = _found(BASIC | {"host": host})
+    assert found["gmail-app-password"].severity is Severity.WARNING
+    assert "token bridge" in found["gmail-app-password"].message
+    assert "basic-auth-retired" not in found
+    # Google's relay authenticates by address, not by password: no finding.
+    assert "gmail-app-password" not in _found(BASIC | {"host": "smtp-relay.gmail.com"})
+
+
+@pytest.mark.parametrize("url", ["https://oauth2.googleapis.com/token", "https://accounts.google.com/o/oauth2/token"])
+def test_keycloak_pointed_at_googles_token_endpoint_gets_no_token(url):
+    found = _found(GOOD | {"host": "smtp.gmail.com", "authTokenUrl": url, "authTokenScope": "https://mail.google.com/"})
+    assert found["gmail-token-url-unusable"].severity is Severity.ERROR
+    assert "bridge" in found["gmail-token-url-unusable"].message
+    bridged = GOOD | {"host": "smtp.gmail.com", "authTokenUrl": "https://kcmail-bridge.kcmail-system.svc:8443/token",
+                      "authTokenScope": "https://mail.google.com/"}
+    assert audit_realm("acme", bridged, CURRENT) == []

@@ -54,6 +54,20 @@ def test_oauth2_errors_keep_the_servers_words(error, reason):
     assert description in failure.message
 
 
+@pytest.mark.parametrize(("source", "reason"), [("google", Reason.GOOGLE_REFUSED), ("bridge", Reason.INVALID_CLIENT),
+                                                 (None, Reason.INVALID_CLIENT)])
+def test_the_bridges_mark_tells_googles_refusal_from_the_bridges_own(source, reason):
+    # kcmail bridge answers unauthorized_client in Google's words when delegation is missing: that is not
+    # the bridge refusing its client (whose credentials are right), so it must not read as InvalidClient.
+    description = ("Client is unauthorized to retrieve access tokens using this method, or client not authorized "
+                   "for any of the scopes requested.")
+    body = {"error": "unauthorized_client", "error_description": description}
+    failure = _classify(400, body if source is None else {**body, "error_source": source})
+    assert isinstance(failure, Failure)
+    assert failure.reason is reason
+    assert description in failure.message
+
+
 @pytest.mark.parametrize(("status", "reason"), [(502, Reason.TOKEN_ENDPOINT_UNAVAILABLE),
                                                  (404, Reason.TOKEN_ENDPOINT_ERROR)])
 def test_a_non_json_body_is_described_and_a_5xx_one_is_an_outage(status, reason):

@@ -30,6 +30,8 @@ class Check(enum.StrEnum):
     SMTP_NOT_CONFIGURED = "smtp-not-configured"
     HOST_MISSING = "host-missing"
     BASIC_AUTH_RETIRED = "basic-auth-retired"
+    GMAIL_APP_PASSWORD = "gmail-app-password"
+    GMAIL_TOKEN_URL_UNUSABLE = "gmail-token-url-unusable"
     TOKEN_SCOPE_MISSING = "token-scope-missing"
     TOKEN_URL_NOT_HTTPS = "token-url-not-https"
     AUTH_INCOMPLETE = "auth-incomplete"
@@ -52,6 +54,8 @@ SEVERITY = {
     Check.SMTP_NOT_CONFIGURED: Severity.INFO,
     Check.HOST_MISSING: Severity.ERROR,
     Check.BASIC_AUTH_RETIRED: Severity.ERROR,
+    Check.GMAIL_APP_PASSWORD: Severity.WARNING,
+    Check.GMAIL_TOKEN_URL_UNUSABLE: Severity.ERROR,
     Check.TOKEN_SCOPE_MISSING: Severity.WARNING,
     Check.TOKEN_URL_NOT_HTTPS: Severity.ERROR,
     Check.AUTH_INCOMPLETE: Severity.ERROR,
@@ -96,6 +100,11 @@ EXCHANGE_BASIC_AUTH_PLAN = (
     "announced in the second half of 2027), and then answers 535 5.7.139 or 550 5.7.30")
 _EXCHANGE_ONLINE_HOSTS = frozenset({"smtp.office365.com", "outlook.office365.com"})
 _EXCHANGE_ONLINE_SUFFIX = ".mail.protection.outlook.com"
+# Gmail's SMTP servers for mailboxes (the relay, smtp-relay.gmail.com, authenticates by IP address instead).
+_GMAIL_HOSTS = frozenset({"smtp.gmail.com", "smtp.googlemail.com"})
+# Google's token endpoints, which issue no token for Keycloak's client-credentials request.
+_GOOGLE_TOKEN_HOSTS = frozenset({"oauth2.googleapis.com", "accounts.google.com", "www.googleapis.com"})
+GOOGLE_GUIDE = "docs/guides/google.md"
 # The address rule of the MailConfig CRD (sender.from, replyTo, envelopeFrom), so that what passes the
 # audit also passes `kubectl apply` of the exported MailConfig.
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -123,6 +132,10 @@ def shown_settings(smtp: Mapping[str, str]) -> dict[str, str]:
 def is_exchange_online(host: str) -> bool:
     name = host.strip().rstrip(".").lower()
     return name in _EXCHANGE_ONLINE_HOSTS or name.endswith(_EXCHANGE_ONLINE_SUFFIX)
+
+
+def is_gmail(host: str) -> bool:
+    return host.strip().rstrip(".").lower() in _GMAIL_HOSTS
 
 
 def is_loopback(host: str) -> bool:
@@ -174,6 +187,11 @@ def audit_realm(realm: str, smtp: Mapping[str, str], version: Version | None) ->
         add(Check.BASIC_AUTH_RETIRED,
             f"basic authentication to {host}: {EXCHANGE_BASIC_AUTH_PLAN}; move this realm to XOAUTH2 "
             "(docs/guides/migrate-from-basic.md)")
+    if kind is AuthKind.BASIC and is_gmail(host):
+        add(Check.GMAIL_APP_PASSWORD,
+            f"basic authentication to {host}: Gmail takes only an app password here, which Google no longer "
+            "offers to accounts that sign in with a password alone and which stops working when the "
+            f"account's password changes; send with XOAUTH2 through kcmail's token bridge ({GOOGLE_GUIDE})")
     if kind is AuthKind.TOKEN:
         _check_token(smtp, add)
     if kind is not AuthKind.NONE:
@@ -195,6 +213,12 @@ def audit_realm(realm: str, smtp: Mapping[str, str], version: Version | None) ->
 
 
 def _check_token(smtp: Mapping[str, str], add: _Add) -> None:
+    token_host = (urlsplit(smtp.get("authTokenUrl", "")).hostname or "").lower()
+    if token_host in _GOOGLE_TOKEN_HOSTS:
+        add(Check.GMAIL_TOKEN_URL_UNUSABLE,
+            f"the token URL is Google's ({token_host}), which has no client-credentials grant with a secret: "
+            "Keycloak gets no token there and sends no mail; point it at kcmail's token bridge, which makes "
+            f"Google's service-account grant for the mailbox ({GOOGLE_GUIDE})")
     if not smtp.get("authTokenScope"):
         add(Check.TOKEN_SCOPE_MISSING,
             "token authentication without a scope: Keycloak caches a token only when a scope is set, so it "
