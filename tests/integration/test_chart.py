@@ -101,6 +101,8 @@ def value_sets(ns: Namespaces) -> dict[str, dict[str, Any]]:
         # A platform that assigns the user and group itself (OpenShift's restricted SCC).
         "platform-assigned-user": {"runAsUser": None, "runAsGroup": None},
         "two-shards": {"shards": ["blue", "green"], "workers": 8},
+        "google-bridge": {"bridge": {"enabled": True, "tlsSecret": "bridge-tls", "clientsSecret": "bridge-clients",
+                                     "tokenEndpointCA": {"configMap": "corp-ca"}}},
     }
 
 
@@ -283,6 +285,39 @@ def test_metrics_service_matches_the_operator_port_and_can_be_turned_off(helm, d
     off = render(helm, devenv, tmp_path, {"metrics": {"enabled": False}}, release="r", namespace=namespaces.release)
     assert _of_kind(off, "Service") == []
     assert "--metrics-address=off" in _container(off)["args"]
+
+
+def test_the_google_bridge_runs_apart_from_the_operator_without_a_token(helm, devenv, namespaces, tmp_path):
+    docs = render(helm, devenv, tmp_path, {"bridge": {"enabled": True, "tlsSecret": "bridge-tls",
+                                                      "clientsSecret": "bridge-clients"}},
+                  release="r", namespace=namespaces.release)
+    operator, bridge = sorted(_of_kind(docs, "Deployment"), key=lambda d: d["metadata"]["name"])
+    assert bridge["metadata"]["name"] == "r-kcmail-bridge"
+    pod = bridge["spec"]["template"]["spec"]
+    # It never calls the API server: no ServiceAccount token in its pods.
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["bridge", "--listen=0.0.0.0:8443"]
+    assert "--clients=/etc/kcmail/clients/clients.json" in container["args"]
+    assert "--google-token-url=https://oauth2.googleapis.com/token" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "bridge-tls"
+    assert volumes["clients"]["secret"]["secretName"] == "bridge-clients"
+    # Neither the operator's selector nor its metrics Service picks the bridge's pods, nor the reverse.
+    bridge_labels = bridge["spec"]["template"]["metadata"]["labels"]
+    operator_selector = operator["spec"]["selector"]["matchLabels"]
+    assert not operator_selector.items() <= bridge_labels.items()
+    services = {s["metadata"]["name"]: s for s in _of_kind(docs, "Service")}
+    assert not services["r-kcmail-metrics"]["spec"]["selector"].items() <= bridge_labels.items()
+    assert services["r-kcmail-bridge"]["spec"]["selector"].items() <= bridge_labels.items()
+    assert not services["r-kcmail-bridge"]["spec"]["selector"].items() <= (
+        operator["spec"]["template"]["metadata"]["labels"].items())
+    missing = subprocess.run([str(helm), "template", "r", str(CHART), "--set", "bridge.enabled=true"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode != 0
+    assert "bridge.tlsSecret" in missing.stderr
 
 
 def _metric_families() -> set[str]:

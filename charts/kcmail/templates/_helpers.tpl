@@ -109,3 +109,18 @@ app.kubernetes.io/component: operator
   resources: [customresourcedefinitions]
   verbs: [get, list, watch]
 {{- end -}}
+
+{{- /* The token bridge's pods: a name of their own, so that neither the operator's selector nor its
+metrics Service (component operator) matches them. */}}
+{{- define "kcmail.bridgeSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "kcmail.name" . }}-bridge
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kcmail.bridgeLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "kcmail.bridgeSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: bridge
+{{- end -}}

@@ -244,7 +244,7 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
                    timeout=30)
     starttls_port, tls_port = (listener.port for listener in smtp.listeners)
     progress("starting Postfix with Dovecot")
-    postfix = _postfix_config(state_dir, ca, seeded, host)
+    postfix = _postfix_config(state_dir, ca, seeded, host, google.tokeninfo_url)
     postfix_server.start(registry, postfix)
     (basic_user, basic_password), = smtp.basic_users.items()
     env = Environment(
@@ -328,15 +328,15 @@ def _names(host: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*LOOPBACK_NAMES, host)))
 
 
-def _postfix_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded,
-                    host: str) -> postfix_server.PostfixConfig:
+def _postfix_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded, host: str,
+                    tokeninfo_url: str) -> postfix_server.PostfixConfig:
     serving = ca.issue("postfix", "postfix.kcmail.test", names=_names(host))
     return postfix_server.PostfixConfig(
         root=state_dir / "postfix", cert_file=serving.cert, key_file=serving.key, ca_file=ca.cert_path,
         introspection_url=seeded.introspection_url, client_id=seeded.introspection_client_id,
         client_secret=seeded.introspection_client_secret, username_claim=MAILBOX_CLAIM,
         starttls_port=free_port(), tls_port=free_port(), short_line_port=free_port(), sasl_port=free_port(),
-        refused_domains=(REFUSED_DOMAIN,), host=host)
+        refused_domains=(REFUSED_DOMAIN,), host=host, tokeninfo_url=tokeninfo_url)
 
 
 def down(state_dir: Path | None = None) -> list[str]:

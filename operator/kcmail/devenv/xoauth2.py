@@ -4,7 +4,7 @@ A token passes only when its signature verifies against a key the issuer publish
 names the configured issuer, and the client it was issued to (``azp``) may send as the mailbox in
 ``user=``. Every failure carries a reason from one fixed list, which the server quotes in its 535 reply.
 
-Opaque tokens, Google's kind (``ya29.…``), are judged as Gmail judges them, by what the issuer says of them:
+Google's opaque tokens (``ya29.…``) are judged as Gmail judges them, by what the issuer says of them:
 its tokeninfo endpoint must know the token, name the mailbox in ``user=`` as its ``email`` and grant
 Gmail's scope (``TokenInfoVerifier``).
 """
@@ -239,14 +239,19 @@ class TokenInfoVerifier:
         await self._client.aclose()
 
 
-class ByTokenShape:
-    """JWTs to ``jwts``; any other token to ``opaque`` when there is one (else to ``jwts``, which refuses it)."""
+# Google's access tokens begin so (the stand-in's too); anything else is judged as a JWT, and refused as
+# malformed when it is none.
+GOOGLE_TOKEN_PREFIX = "ya29."
 
-    def __init__(self, jwts: Verifier, opaque: Verifier | None) -> None:
+
+class ByTokenShape:
+    """Google's tokens to ``google`` when there is one; every other token to ``jwts``."""
+
+    def __init__(self, jwts: Verifier, google: Verifier | None) -> None:
         self._jwts = jwts
-        self._opaque = opaque
+        self._google = google
 
     async def verify(self, mailbox: str, token: str) -> VerifiedToken:
-        if self._opaque is not None and token.count(".") != 2:
-            return await self._opaque.verify(mailbox, token)
+        if self._google is not None and token.startswith(GOOGLE_TOKEN_PREFIX):
+            return await self._google.verify(mailbox, token)
         return await self._jwts.verify(mailbox, token)
