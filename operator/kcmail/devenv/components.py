@@ -273,7 +273,7 @@ NODE_COMMANDS = ("kubelet", "kube-controller-manager", "kube-scheduler")
 def build_kubernetes_node(version: str, progress: Progress = print_progress) -> dict[str, Path]:
     """kubelet, kube-controller-manager and kube-scheduler of ``version``, from the same module as the API server."""
     target = cache_root() / "components" / f"kubernetes-node-v{version}"
-    paths = _build_kubernetes_commands(version, target, NODE_COMMANDS, "8-15 min", progress)
+    paths = _build_kubernetes_commands(version, target, NODE_COMMANDS, "about 5 min", progress)
     return dict(zip(NODE_COMMANDS, paths, strict=True))
 
 
