@@ -20,6 +20,12 @@ _VALIDITY = datetime.timedelta(days=7)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1")
 
 
+def serving_names(host: str, *extra: str) -> tuple[str, ...]:
+    """What a local server's certificate names: loopback, the address it serves on (loopback, or the node's
+    bridge address), and ``extra``; each once."""
+    return tuple(dict.fromkeys((*LOOPBACK_NAMES, host, *extra)))
+
+
 @dataclass(frozen=True)
 class KeyPair:
     """PEM files of a certificate and its private key."""

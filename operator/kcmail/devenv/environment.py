@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from kcmail.devenv import components, google_oauth, image, node, postfix_server, versions
-from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
+from kcmail.devenv.certs import CertificateAuthority, serving_names
 from kcmail.devenv.keycloak_server import MAILBOX_CLAIM, Seeded, seed, start_keycloak
 from kcmail.devenv.kube import start_control_plane
 from kcmail.devenv.processes import ProcessRegistry, free_port, port_open, wait_until
@@ -276,7 +276,7 @@ def _start(state_dir: Path, registry: ProcessRegistry, parts: components.Compone
 
 def _smtp_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded, host: str,
                  tokeninfo_url: str) -> SmtpServerConfig:
-    serving = ca.issue("smtp", "smtp.kcmail.test", names=_names(host))
+    serving = ca.issue("smtp", "smtp.kcmail.test", names=serving_names(host))
     return SmtpServerConfig(
         listeners=(ListenerConfig(name="starttls", port=free_port(), tls="starttls"),
                    ListenerConfig(name="implicit", port=free_port(), tls="implicit")),
@@ -304,7 +304,7 @@ class _Google:
 def _start_google(state_dir: Path, registry: ProcessRegistry, ca: CertificateAuthority, host: str) -> _Google:
     directory = state_dir / "google"
     directory.mkdir(parents=True, exist_ok=True)
-    serving = ca.issue("google", "oauth2.googleapis.test", names=_names(host))
+    serving = ca.issue("google", "oauth2.googleapis.test", names=serving_names(host))
     port = free_port()
     base = f"https://{host}:{port}"
     accounts = google_oauth.make_accounts(f"{base}/token")
@@ -323,14 +323,9 @@ def _start_google(state_dir: Path, registry: ProcessRegistry, ca: CertificateAut
     return _Google(token_url=f"{base}/token", tokeninfo_url=f"{base}/tokeninfo", keys=keys)
 
 
-def _names(host: str) -> tuple[str, ...]:
-    """What a server's certificate names: loopback, and the node's bridge address when it serves there."""
-    return tuple(dict.fromkeys((*LOOPBACK_NAMES, host)))
-
-
 def _postfix_config(state_dir: Path, ca: CertificateAuthority, seeded: Seeded, host: str,
                     tokeninfo_url: str) -> postfix_server.PostfixConfig:
-    serving = ca.issue("postfix", "postfix.kcmail.test", names=_names(host))
+    serving = ca.issue("postfix", "postfix.kcmail.test", names=serving_names(host))
     return postfix_server.PostfixConfig(
         root=state_dir / "postfix", cert_file=serving.cert, key_file=serving.key, ca_file=ca.cert_path,
         introspection_url=seeded.introspection_url, client_id=seeded.introspection_client_id,

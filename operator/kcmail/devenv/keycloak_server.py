@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from kcmail.devenv.certs import CertificateAuthority, client_context
+from kcmail.devenv.certs import CertificateAuthority, client_context, serving_names
 from kcmail.devenv.components import cache_root
 from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, http_ok, wait_until
 
@@ -155,7 +155,7 @@ def start_keycloak(registry: ProcessRegistry, home: Path, java_home: Path, ca: C
     augmented = cache if cache.is_dir() else None
     own_home = _private_home(home, state_dir / "keycloak", augmented)
     http_port, https_port, management_port = free_port(), free_port(), free_port()
-    pair = ca.issue(name, "localhost", names=tuple(dict.fromkeys(("localhost", "127.0.0.1", host))), rsa_key=True)
+    pair = ca.issue(name, "localhost", names=serving_names(host), rsa_key=True)
     url = f"https://{host}:{https_port}"
     password = secrets.token_urlsafe(24)
     options = [

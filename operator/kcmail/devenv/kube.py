@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority, KeyPair, write_signing_key
+from kcmail.devenv.certs import CertificateAuthority, KeyPair, serving_names, write_signing_key
 from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, http_ok, wait_until
 
 
@@ -61,8 +61,7 @@ def start_control_plane(registry: ProcessRegistry, *, kube_apiserver: Path, etcd
     kube_dir.mkdir(parents=True, exist_ok=True)
     etcd_server, etcd_url = start_etcd(registry, etcd, kube_dir / "etcd-data")
     serving = ca.issue("apiserver", "kube-apiserver",
-                       names=tuple(dict.fromkeys((*LOOPBACK_NAMES, host, "kubernetes", "kubernetes.default",
-                                                  "kubernetes.default.svc"))))
+                       names=serving_names(host, "kubernetes", "kubernetes.default", "kubernetes.default.svc"))
     admin = ca.issue("admin", "kcmail-admin", organizations=("system:masters",), client=True)
     signing_key = write_signing_key(kube_dir / "sa-signer.key")
     port = free_port()
