@@ -10,7 +10,7 @@ import re
 import urllib.parse
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kcmail.redact import LIMIT, REDACTED, RedactingFilter, redact
@@ -35,11 +35,14 @@ def _decodings(text: str) -> list[bytes]:
 
 
 def _leaks(text: str, secret: str) -> bool:
+    # The placeholder itself is not a leak, even when the secret happens to be a piece of it.
+    text = text.replace(REDACTED, " ")
     b64 = base64.b64encode(secret.encode()).decode()
     return secret in text or b64[:24] in text or urllib.parse.quote(secret, safe="") in text
 
 
 @given(secret=secrets, before=prose, after=prose)
+@example(secret="[redacte", before="", after="")  # a piece of the placeholder, found by CI once
 def test_a_known_secret_is_cut_out_raw_and_url_encoded(secret, before, after):
     for form in (secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)):
         assert not _leaks(redact(f"{before}{form}{after}", [secret], limit=10_000), secret)
