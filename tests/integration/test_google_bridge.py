@@ -13,8 +13,8 @@ import base64
 import datetime
 import json
 import secrets
+import socket
 import ssl
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,13 +24,14 @@ from typing import Any
 import aiosmtplib
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kcmail.bridge.registry import secret_digest
 from kcmail.conditions import Reason
 from kcmail.devenv import operator_env
-from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
 from kcmail.devenv.mail_spool import wait_for_message
-from kcmail.devenv.processes import ProcessRegistry, free_port, port_open, wait_until
+from kcmail.devenv.processes import ProcessRegistry
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,7 @@ class Bridge:
     keys: dict[str, Any]
     google_stats: str
     ca_file: Path
+    trap: socket.socket
 
     def request(self, data: dict[str, str] | str, headers: dict[str, str] | None = None) -> httpx.Response:
         content = data if isinstance(data, str) else None
@@ -70,6 +72,8 @@ CLIENTS = {
     "gmail-disabled-key": ("disabled", 0),
     "gmail-no-delegation": ("undelegated", 0),
     "gmail-unknown-mailbox": ("delegated", "nobody@workspace.example"),
+    "gmail-foreign-token-uri": ("foreign-token-uri", 0),
+    "gmail-forged": ("forged", 0),
 }
 
 
@@ -78,6 +82,14 @@ def bridge(devenv, tmp_path_factory) -> Iterator[Bridge]:
     assert devenv.google_token_url, "this environment predates the Google stand-in: `kcmail dev down` and `up`"
     work = tmp_path_factory.mktemp("bridge")
     keys = json.loads(Path(devenv.google_keys).read_text())
+    # A tenant's key file naming a token endpoint of its own: a listening socket that no one may call.
+    trap = socket.create_server(("127.0.0.1", 0))
+    trap.setblocking(False)
+    keys["foreign-token-uri"] = {**keys["disabled"], "token_uri": f"https://127.0.0.1:{trap.getsockname()[1]}/token"}
+    # Another tenant's key file that copies the delegated account's name and key id, with a key of its own.
+    forged = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    keys["forged"] = {**keys["delegated"], "private_key": forged}
     client_secrets = {client_id: secrets.token_urlsafe(32) for client_id in CLIENTS}
     registry = {"clients": {
         client_id: {"secretSha256": secret_digest(client_secrets[client_id]),
@@ -86,21 +98,15 @@ def bridge(devenv, tmp_path_factory) -> Iterator[Bridge]:
         for client_id, (key, mailbox) in CLIENTS.items()}}
     clients_file = work / "clients.json"
     clients_file.write_text(json.dumps(registry))
-    serving = CertificateAuthority(Path(devenv.state_dir) / "pki").issue(
-        f"bridge-{uuid.uuid4().hex[:6]}", "kcmail-bridge", names=LOOPBACK_NAMES)
-    port = free_port()
     processes = ProcessRegistry(work)
-    server = processes.start("bridge", [
-        sys.executable, "-m", "kcmail.cli", "bridge", "--listen", f"127.0.0.1:{port}",
-        "--tls-cert", str(serving.cert), "--tls-key", str(serving.key), "--clients", str(clients_file),
-        "--google-token-url", devenv.google_token_url, "--ca-bundle", str(devenv.ca_file), "--rate", "5"])
-    wait_until(lambda: port_open(port), server=server, what=f"bridge port {port}", timeout=30)
+    server, url = operator_env.start_bridge(devenv, processes, clients=clients_file)
     try:
-        yield Bridge(url=f"https://127.0.0.1:{port}/token", log=server.log, secrets=client_secrets, keys=keys,
+        yield Bridge(url=url, log=server.log, secrets=client_secrets, keys=keys, trap=trap,
                      google_stats=devenv.google_token_url.removesuffix("/token") + "/stats",
                      ca_file=Path(devenv.ca_file))
     finally:
         processes.stop_all()
+        trap.close()
 
 
 def _realm_sending_through(devenv, keycloak_admin, bridge: Bridge, client_id: str, mailbox: str, port: int) -> str:
@@ -175,6 +181,23 @@ def test_one_google_grant_serves_a_tokens_life_however_many_requests(bridge):
         assert answer.headers["Cache-Control"] == "no-store"
     assert len(tokens) == 1
     assert bridge.grants() - before == 1
+
+
+def test_a_key_files_own_token_uri_is_never_asked(bridge):
+    # The key is one Google refuses: the answer in Google's words shows which endpoint was asked (no token
+    # kept from an earlier request can stand in for the grant).
+    answer = bridge.token("gmail-foreign-token-uri")
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error_description"] == "Invalid JWT Signature."
+    with pytest.raises(BlockingIOError):
+        bridge.trap.accept()
+
+
+def test_a_key_copying_anothers_name_and_id_never_gets_the_token_that_key_earned(bridge):
+    assert bridge.token("gmail-sender").status_code == 200  # the real key's token, now kept by the bridge
+    answer = bridge.token("gmail-forged")
+    assert answer.status_code == 400, answer.text
+    assert (answer.json()["error"], answer.json()["error_description"]) == ("invalid_grant", "Invalid JWT Signature.")
 
 
 @pytest.mark.parametrize(("client_id", "error", "words"), [

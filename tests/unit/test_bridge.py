@@ -20,8 +20,12 @@ from kcmail.bridge.server import RateLimits, client_credentials
 pytestmark = pytest.mark.unit
 
 # A key made at run time, as Google's key files hold it: no private key is committed.
-PEM = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+def _pem() -> str:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+
+PEM, OTHER_PEM = _pem(), _pem()
 KEY = {"type": "service_account", "client_email": "mailer@p.iam.gserviceaccount.com", "private_key_id": "k1",
        "private_key": PEM}
 
@@ -47,21 +51,86 @@ def test_the_registry_keeps_good_entries_and_says_why_it_skips_bad_ones_without_
     assert parse(["not", "an", "object"]) == ({}, ["the registry holds no 'clients' object"])
 
 
-def test_a_client_authenticates_only_with_its_own_secret(tmp_path):
+async def test_a_client_authenticates_only_with_its_own_secret(tmp_path):
     path = tmp_path / "clients.json"
     path.write_text('{"clients": {"good": ' + json.dumps(_entry()) + "}}")
-    clients = registry.Registry(path)
-    assert clients.authenticate("good", "s3cret") is not None
-    assert clients.authenticate("good", "s3cret ") is None
-    assert clients.authenticate("other", "s3cret") is None
+    clients = registry.FileRegistry(path)
+    assert await clients.authenticate("good", "s3cret") is not None
+    assert await clients.authenticate("good", "s3cret ") is None
+    assert await clients.authenticate("other", "s3cret") is None
     # A rewritten file is read again: the old secret stops working at once.
     path.write_text('{"clients": {"good": ' + json.dumps(_entry(secretSha256=secret_digest("new")))
                     + "}}")
-    assert clients.authenticate("good", "s3cret") is None
-    assert clients.authenticate("good", "new") is not None
+    assert await clients.authenticate("good", "s3cret") is None
+    assert await clients.authenticate("good", "new") is not None
     # A broken rewrite keeps what was read before rather than locking every client out.
     path.write_text("{not json")
-    assert clients.authenticate("good", "new") is not None
+    assert await clients.authenticate("good", "new") is not None
+
+
+def _secret_entry(client_id: str, **changes: object) -> str:
+    return json.dumps({"clientID": client_id, **_entry(**changes)})
+
+
+def test_the_registry_secret_holds_one_client_per_data_key_and_trusts_no_duplicate():
+    document, problems = registry.secret_document({
+        registry.SEED_KEY: "c2VlZA==", "a.json": _secret_entry("kcmail-a"), "b.json": "{broken",
+        "c.json": json.dumps({"mailbox": "x@y"}), "d.json": _secret_entry("kcmail-d"),
+        "e.json": _secret_entry("kcmail-d")})
+    assert list(document["clients"]) == ["kcmail-a"]
+    assert len(problems) == 3
+    assert all("PRIVATE" not in problem for problem in problems)
+
+
+async def test_the_registry_secret_is_read_again_when_due_and_at_once_for_an_unknown_client():
+    now = [0.0]
+    data: dict[str, str] = {}
+    reads: list[float] = []
+
+    async def read() -> dict[str, str] | None:
+        reads.append(now[0])
+        if data.get("fail"):
+            raise OSError("API server unreachable")
+        return dict(data) or None
+
+    clients = registry.SecretRegistry(read, every=10, missed_rate=2, clock=lambda: now[0])
+    data["fail"] = "1"
+    assert not await clients.refresh(missed=False)
+    assert not clients.loaded  # not ready: it would refuse every client
+    del data["fail"]
+    now[0] = 10
+    assert await clients.authenticate("kcmail-a", "s3cret") is None  # no Secret yet
+    assert clients.loaded
+    now[0] = 0
+    clients = registry.SecretRegistry(read, every=10, missed_rate=2, clock=lambda: now[0])
+    reads.clear()
+    assert await clients.authenticate("kcmail-a", "s3cret") is None
+    # The operator enrols a client and probes at once: the bridge reads again for it, without waiting 10 s.
+    data["a.json"] = _secret_entry("kcmail-a")
+    now[0] = 0.1
+    assert await clients.authenticate("kcmail-a", "s3cret") is not None
+    # Known clients do not make the bridge read again before 10 s...
+    now[0] = 5
+    assert await clients.authenticate("kcmail-a", "s3cret") is not None
+    assert reads == [0.0, 0.1]
+    # ...and clients that do not exist make it read at most a burst of five, then two a second.
+    misses = len(reads)
+    for _ in range(20):
+        assert await clients.authenticate("kcmail-x", "s3cret") is None
+    assert len(reads) - misses == 5
+    now[0] = 6
+    for _ in range(20):
+        assert await clients.authenticate("kcmail-x", "s3cret") is None
+    assert len(reads) - misses == 7
+    # A failed read keeps the clients read before.
+    data["fail"] = "1"
+    now[0] = 20
+    assert await clients.authenticate("kcmail-a", "s3cret") is not None
+    assert reads[-1] == 20
+    # A withdrawn client stops working at the next read.
+    del data["fail"], data["a.json"]
+    now[0] = 40
+    assert await clients.authenticate("kcmail-a", "s3cret") is None
 
 
 def test_repr_of_a_client_shows_no_key_or_digest():
@@ -132,6 +201,23 @@ async def test_tokens_are_kept_per_mailbox_and_renewed_before_they_expire():
     now[0] += datetime.timedelta(seconds=2)
     assert (await tokens.token(_client())).access_token == "token-4"
     assert tokens.grants == 4
+
+
+async def test_a_key_that_copies_anothers_name_and_id_gets_no_token_that_key_earned():
+    granted: list[str] = []
+
+    def grant(client: BridgeClient) -> google.IssuedToken:
+        granted.append(client.key["private_key"])
+        return google.IssuedToken(f"token-{len(granted)}",
+                                  datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+
+    tokens = google.GoogleTokens(grant)
+    assert (await tokens.token(_client())).access_token == "token-1"
+    # Same client_email, private_key_id and mailbox, another private key: Google must see that key.
+    forged = BridgeClient(client_id="tenant-b", mailbox="no-reply@workspace.example",
+                          key={**KEY, "private_key": OTHER_PEM}, secret_sha256=secret_digest("s"))
+    assert (await tokens.token(forged)).access_token == "token-2"
+    assert granted == [PEM, OTHER_PEM]
 
 
 async def test_concurrent_requests_for_one_mailbox_wait_for_one_grant():

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kcmail.kube import Kube
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from kcmail.bridge.google import GOOGLE_TOKEN_URL
+    from kcmail.bridge import GOOGLE_TOKEN_URL
 
     bridge = subparsers.add_parser(
         "bridge", help="serve the token endpoint that lets Keycloak send through Gmail (Google Workspace)",
@@ -20,8 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="address to serve HTTPS on (default %(default)s)")
     bridge.add_argument("--tls-cert", required=True, type=Path, help="PEM certificate chain the bridge presents")
     bridge.add_argument("--tls-key", required=True, type=Path, help="PEM private key of that certificate")
-    bridge.add_argument("--clients", required=True, type=Path,
-                        help="JSON registry of the clients (written by kcmail; read again when it changes)")
+    clients = bridge.add_mutually_exclusive_group(required=True)
+    clients.add_argument("--clients", type=Path,
+                         help="JSON file of the clients, written by hand (read again when it changes)")
+    clients.add_argument("--clients-secret", metavar="NAMESPACE/NAME",
+                         help="the registry Secret kcmail run --bridge-registry keeps, read through the API "
+                              "(the pod's service account, else $KUBECONFIG)")
     bridge.add_argument("--google-token-url", default=GOOGLE_TOKEN_URL,
                         help="Google's token endpoint (default %(default)s); the key files' own token_uri is "
                              "never used")
@@ -35,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _run(args: argparse.Namespace) -> int:
     from kcmail import redact
+    from kcmail.apisession import logged_in_kube
     from kcmail.bridge.google import GoogleTokens, google_grant
-    from kcmail.bridge.registry import Registry
+    from kcmail.bridge.registry import FileRegistry, Registry, SecretRegistry
     from kcmail.bridge.server import RateLimits, TokenEndpoint, serve, tls_context
     from kcmail.metrics import parse_address
 
@@ -55,7 +67,28 @@ def _run(args: argparse.Namespace) -> int:
         print(f"kcmail bridge: cannot load the TLS certificate and key: {error}", file=sys.stderr)
         return 2
     verify: str | bool = str(args.ca_bundle) if args.ca_bundle else True
-    endpoint = TokenEndpoint(Registry(args.clients), GoogleTokens(google_grant(args.google_token_url, verify)),
-                             RateLimits(per_client=args.rate, total=args.rate * 10))
-    asyncio.run(serve(endpoint, *address, context))
+    if args.clients_secret is not None and args.clients_secret.count("/") != 1:
+        print("kcmail bridge: --clients-secret needs NAMESPACE/NAME", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            registry: Registry
+            if args.clients_secret is None:
+                registry = FileRegistry(args.clients)
+            else:
+                namespace, name = args.clients_secret.split("/")
+                kube = await stack.enter_async_context(logged_in_kube())
+                registry = SecretRegistry(functools.partial(_secret_data, kube, namespace, name))
+                await registry.refresh(missed=False)
+            endpoint = TokenEndpoint(registry, GoogleTokens(google_grant(args.google_token_url, verify)),
+                                     RateLimits(per_client=args.rate, total=args.rate * 10))
+            await serve(endpoint, *address, context)
+
+    asyncio.run(main())
     return 0
+
+
+async def _secret_data(kube: Kube, namespace: str, name: str) -> Mapping[str, str] | None:
+    secret = await kube.secret(namespace, name)
+    return None if secret is None else secret.data

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,6 @@ from kcmail.bridge.registry import BridgeClient
 from kcmail.redact import redact
 
 MAIL_SCOPE = "https://mail.google.com/"
-GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 RENEW_BEFORE = datetime.timedelta(minutes=5)
 HAND_OUT_MARGIN = datetime.timedelta(seconds=60)
 GRANT_TIMEOUT = 15.0
@@ -123,21 +123,22 @@ def refusal(args: tuple[Any, ...]) -> GoogleRefused | GoogleUnreachable:
 
 
 class GoogleTokens:
-    """Tokens per (service account, key, mailbox), each from one grant, until ``RENEW_BEFORE`` their expiry."""
+    """Tokens per (service account, private key, mailbox), each from one grant, until ``RENEW_BEFORE`` their
+    expiry."""
 
     def __init__(self, grant: Grant, *, clock: Callable[[], datetime.datetime] = _now,
                  timeout: float = GRANT_TIMEOUT) -> None:
         self._grant = grant
         self._clock = clock
         self._timeout = timeout
-        self._tokens: dict[tuple[str, str, str], IssuedToken] = {}
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._tokens: dict[tuple[str, str, str, str], IssuedToken] = {}
+        self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
         self.grants = 0
 
     def now(self) -> datetime.datetime:
         return self._clock()
 
-    def _fresh(self, key: tuple[str, str, str]) -> IssuedToken | None:
+    def _fresh(self, key: tuple[str, str, str, str]) -> IssuedToken | None:
         token = self._tokens.get(key)
         if token is not None and token.expires_at - self._clock() > RENEW_BEFORE:
             return token
@@ -145,7 +146,10 @@ class GoogleTokens:
 
     async def token(self, client: BridgeClient) -> IssuedToken:
         """A token for the client's mailbox, as it may be handed out (expiry moved ``HAND_OUT_MARGIN`` early)."""
-        key = (client.service_account, client.key_id, client.mailbox.casefold())
+        # The key's own material, not only its id: a tenant can copy another's client_email and key id into
+        # a key file of its own, and must not be handed the token that other key earned.
+        material = hashlib.sha256(str(client.key["private_key"]).encode()).hexdigest()
+        key = (client.service_account, client.key_id, material, client.mailbox.casefold())
         token = self._fresh(key)
         if token is None:
             async with self._locks.setdefault(key, asyncio.Lock()):

@@ -20,11 +20,11 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from aiohttp import web
 
+from kcmail.bridge.bucket import Bucket
 from kcmail.bridge.google import MAIL_SCOPE, GoogleRefused, GoogleTokens, GoogleUnreachable, KeyUnusable
 from kcmail.bridge.registry import BridgeClient, Registry
 from kcmail.redact import redact
@@ -37,24 +37,6 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # Client ids tracked for rate limits at once; beyond, the oldest are forgotten (a flood of made-up ids
 # must not grow memory).
 MAX_TRACKED_CLIENTS = 10_000
-
-
-@dataclass
-class Bucket:
-    """A token bucket: ``rate`` requests a second on average, ``burst`` at once."""
-
-    rate: float
-    burst: float
-    tokens: float
-    stamp: float
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class RateLimits:
@@ -134,7 +116,7 @@ class TokenEndpoint:
             log.warning("token request from client %s refused: rate limit", redact(client_id, limit=80))
             return error_answer(429, "temporarily_unavailable", "too many requests; retry shortly", source="bridge",
                                 headers={"Retry-After": "1"})
-        client = self.registry.authenticate(client_id, secret)
+        client = await self.registry.authenticate(client_id, secret)
         if client is None:
             log.warning("token request from client %s refused: unknown client or wrong secret",
                         redact(client_id, limit=80, secrets=(secret,)))
@@ -143,11 +125,22 @@ class TokenEndpoint:
         scopes = set(form.get("scope", "").split())
         if scopes - {MAIL_SCOPE}:
             return error_answer(400, "invalid_scope", f"the bridge grants only {MAIL_SCOPE}", source="bridge")
-        return await self._issue(client_id, client)
+        return await self._issue(client_id, secret, client)
 
-    async def _issue(self, client_id: str, client: BridgeClient) -> web.Response:
+    async def _issue(self, client_id: str, secret: str, client: BridgeClient) -> web.Response:
         try:
-            token = await self.tokens.token(client)
+            try:
+                token = await self.tokens.token(client)
+            except GoogleRefused:
+                # The key may just have been replaced (a rotated Secret the registry holds by now): once, with
+                # the registry read again, if that changed this client.
+                if not await self.registry.refresh(missed=True):
+                    raise
+                fresh = await self.registry.authenticate(client_id, secret)
+                if fresh is None or fresh == client:
+                    raise
+                client = fresh
+                token = await self.tokens.token(client)
         except GoogleRefused as refused:
             log.warning("token for client %s (mailbox %s) refused by Google: %s", client_id, client.mailbox, refused)
             return error_answer(400, refused.error, refused.description, source="google")
@@ -168,9 +161,18 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 def application(endpoint: TokenEndpoint) -> web.Application:
+    async def readyz(_request: web.Request) -> web.Response:
+        # Not ready until the clients were read once: a bridge that cannot read its registry (no route to
+        # the API server, a Role missing) would refuse every client as unknown.
+        await endpoint.registry.refresh(missed=False)
+        if not endpoint.registry.loaded:
+            return web.Response(status=503, text="the client registry has not been read yet")
+        return web.Response(text="ok")
+
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/token", endpoint.token)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
 
 
