@@ -7,12 +7,14 @@ import asyncio
 import logging
 import re
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from kcmail import defaults, metrics, probe_cli, redact
 from kcmail.adopt import cli as adopt_cli
 from kcmail.bridge import cli as bridge_cli
+from kcmail.bridge.enrolment import BridgeOptions
 
 # RFC 1123 label, as Kubernetes requires of a namespace's name.
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -67,6 +69,10 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as error:
             print(f"kcmail: cannot serve metrics on {host}:{port}: {error}", file=sys.stderr)
             return 2
+    if (args.bridge_url is None) != (args.bridge_registry is None):
+        print("kcmail: --bridge-url and --bridge-registry go together", file=sys.stderr)
+        return 2
+    bridge = None if args.bridge_url is None else BridgeOptions(args.bridge_url, *args.bridge_registry)
     namespaces = tuple(args.namespace or ())
     handlers.configure(OperatorOptions(namespaces=namespaces, ca_bundle=args.ca_bundle, liveness=args.liveness,
                                        probe_concurrency=args.probe_concurrency,
@@ -74,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
                                        namespaced_connections=not args.no_namespaced_connections,
                                        workers=args.workers,
                                        mailconfig_selector=shard_selector(args.shard,
-                                                                          exclude_sharded=args.exclude_sharded)))
+                                                                          exclude_sharded=args.exclude_sharded),
+                                       bridge=bridge))
     from kcmail import leader
 
     identity = leader.own_identity()
@@ -152,6 +159,20 @@ def _object_name(value: str) -> str:
     return value
 
 
+def _bridge_url(value: str) -> str:
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme != "https" or not parsed.hostname or len(value) > 255:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an https:// URL of at most 255 characters")
+    return value
+
+
+def _namespaced_name(value: str) -> tuple[str, str]:
+    namespace, _, name = value.partition("/")
+    if not NAMESPACE_NAME.fullmatch(namespace) or not OBJECT_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE/NAME")
+    return namespace, name
+
+
 def _positive_int(value: str) -> int:
     """A bound on work at once: 0 or less would let nothing through."""
     problem = f"needs a whole number of 1 or more, not {value!r}"
@@ -199,6 +220,13 @@ def _parser() -> argparse.ArgumentParser:
     sharding.add_argument("--exclude-sharded", action="store_true",
                           help="act only on MailConfigs without a kcmail.io/shard label: the default shard "
                                "beside operators run with --shard")
+    bridge = run.add_argument_group("the Google token bridge (docs/guides/google.md)")
+    bridge.add_argument("--bridge-url", type=_bridge_url, metavar="URL",
+                        help="the token URL Keycloak and the probe use for MailConfigs with "
+                             "auth.xoauth2.googleServiceAccount, e.g. https://kcmail-bridge.kcmail.svc:8443/token")
+    bridge.add_argument("--bridge-registry", type=_namespaced_name, metavar="NAMESPACE/NAME",
+                        help="the Secret kcmail keeps the bridge's clients in (kcmail bridge --clients-secret); "
+                             "made when missing")
     run.add_argument("--no-leader-election", action="store_true",
                      help="act at once without a Lease; only where no other kcmail can run (tests, benchmarks)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")

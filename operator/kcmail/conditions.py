@@ -68,6 +68,9 @@ class Reason(enum.StrEnum):
     TOKEN_ENDPOINT_ERROR = "TokenEndpointError"
     # The kcmail bridge asked Google for the mailbox's token and Google refused (its own words follow).
     GOOGLE_REFUSED = "GoogleRefused"
+    # A MailConfig needs kcmail's token bridge (googleServiceAccount), and this kcmail has none (or its
+    # registry is unusable).
+    BRIDGE_NOT_CONFIGURED = "BridgeNotConfigured"
     # SMTP server.
     SMTP_UNREACHABLE = "SMTPUnreachable"
     SMTP_CONVERSATION_FAILED = "SMTPConversationFailed"

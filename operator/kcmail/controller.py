@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kcmail import act, conditions, decide, metrics, observe
+from kcmail.bridge.enrolment import BRIDGE_VERSION_MARK, Enrolment, unbridged, withdrawable, withdrawn_on_deletion
 from kcmail.conditions import condition_true
 from kcmail.connections import ConnectionKey, KeycloakClients, ResolvedConnections
 from kcmail.decide import FORCE_APPLY, REQUESTED_AT, Result
@@ -70,7 +71,9 @@ def secret_is_news(uid: str, resource_version: str, applied_version: str | None)
     ones their users applied before: running a pass for them would cost every MailConfig a second realm
     read right after its first, and every Connection a check.
     """
-    return secret_version(uid, resource_version) != applied_version
+    # The Secret's own version is what comes before the bridge's mark (kcmail.bridge.enrolment).
+    applied = None if applied_version is None else applied_version.partition(BRIDGE_VERSION_MARK)[0]
+    return secret_version(uid, resource_version) != applied
 
 
 def first_pass_can_wait(obj: MailConfigObject) -> bool:
@@ -184,15 +187,17 @@ class Reconciler:
 
     def __init__(self, kube: Kube, clients: KeycloakClients, prober: Prober | None = None,
                  now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC), *,
-                 namespaced_connections: bool = True) -> None:
+                 namespaced_connections: bool = True, bridge: Enrolment | None = None) -> None:
         """``namespaced_connections`` False: MailConfigs may use ClusterKeycloakConnections only
-        (``kcmail run --no-namespaced-connections``)."""
+        (``kcmail run --no-namespaced-connections``). ``bridge``: the token bridge's enrolment, when this
+        kcmail runs with one (``--bridge-url``)."""
         self._kube = kube
         self._clients = clients
         self.connections = ResolvedConnections(kube)
         self._prober = prober
         self._now = now
         self._namespaced_connections = namespaced_connections
+        self._bridge = bridge
 
     async def reconcile(self, obj: MailConfigObject, report: Report | None = None,
                         holders: Holders = lambda realm: ()) -> Result:
@@ -202,6 +207,25 @@ class Reconciler:
         cluster that name that realm (a realm that records no owner waits for the older one that wrote it)."""
         inputs = await observe.inputs(self._kube, self.connections, obj,
                                       namespaced_connections=self._namespaced_connections)
+        # googleServiceAccount: the bridge's URL and kcmail's own client credentials, its entry written first.
+        inputs = unbridged(inputs) if self._bridge is None else await self._bridge.enrol(obj, inputs)
+        result = await self._pass(obj, inputs, report, holders)
+        if (self._bridge is not None and isinstance(inputs.spec, MailConfigSpec)
+                and withdrawable(obj, inputs.spec, result.status)):
+            await self._withdraw(obj)
+        return result
+
+    async def _withdraw(self, obj: MailConfigObject) -> None:
+        assert self._bridge is not None
+        try:
+            await self._bridge.withdraw(obj)
+        except KubeError as error:
+            # The entry serves no realm any more; a later pass takes it out.
+            log.warning("%s/%s: could not withdraw its entry from the bridge's registry: %s", obj.namespace,
+                        obj.name, redact(str(error)))
+
+    async def _pass(self, obj: MailConfigObject, inputs: observe.Inputs, report: Report | None,
+                    holders: Holders) -> Result:
         admitted = decide.admit(obj, inputs)
         if isinstance(admitted, decide.Plan):
             return decide.report(obj, admitted, act.Done(), self._now())
@@ -242,6 +266,13 @@ class Reconciler:
         suspended) the realm's SMTP settings with it. A MailConfig the realm does not name touches nothing."""
         inputs = await observe.deletion_inputs(self._kube, self.connections, obj,
                                                namespaced_connections=self._namespaced_connections)
+        result = await self._release(obj, inputs)
+        if (self._bridge is not None and isinstance(inputs.spec, MailConfigSpec)
+                and withdrawn_on_deletion(obj, inputs.spec)):
+            await self._withdraw(obj)
+        return result
+
+    async def _release(self, obj: MailConfigObject, inputs: observe.Inputs) -> Result:
         release = decide.release(obj, inputs, self._now())
         if isinstance(release, Result):
             return release

@@ -20,6 +20,7 @@ import kopf
 from kcmail import leader
 from kcmail.answers import TOKEN_ANSWER_LIMIT, limited_client
 from kcmail.apisession import bounded_session, connection_limit, login_info, rotating_token_file
+from kcmail.bridge.enrolment import Enrolment
 from kcmail.connection_status import check_connection
 from kcmail.connections import KeycloakClients, secret_refs, tls_context
 from kcmail.controller import ConnectionSecretIndices, Controller, Reconciler
@@ -52,7 +53,9 @@ class Runtime:
         self.probe_http = limited_client(TOKEN_ANSWER_LIMIT, verify=probe_tls,
                                          timeout=httpx.Timeout(15.0, connect=10.0))
         prober = Prober(TokenClient(self.probe_http), probe_tls, options.probe_concurrency)
-        reconciler = Reconciler(self.kube, self.clients, prober, namespaced_connections=options.namespaced_connections)
+        bridge = None if options.bridge is None else Enrolment(self.kube, options.bridge)
+        reconciler = Reconciler(self.kube, self.clients, prober, namespaced_connections=options.namespaced_connections,
+                                bridge=bridge)
         self.controller = Controller(self.kube, reconciler, namespaces=options.namespaces,
                                      selector=options.mailconfig_selector, workers=options.workers)
         self.controller.recheck_connection = functools.partial(_recheck_connection, self)

@@ -115,13 +115,22 @@ class Kube:
 
     async def secret(self, namespace: str, name: str) -> Secret | None:
         raw = await self._read(f"/api/v1/namespaces/{_segment(namespace)}/secrets/{_segment(name)}")
-        if raw is None:
-            return None
-        meta = raw.get("metadata") or {}
-        data = {key: base64.b64decode(value).decode("utf-8", errors="replace")
-                for key, value in (raw.get("data") or {}).items()}
-        return Secret(namespace=namespace, name=name, uid=meta.get("uid", ""),
-                      resource_version=meta.get("resourceVersion", ""), data=data)
+        return None if raw is None else _secret(namespace, name, raw)
+
+    async def create_secret(self, namespace: str, name: str, string_data: Mapping[str, str], *,
+                            labels: Mapping[str, str]) -> None:
+        """Create an Opaque Secret; HTTP 409 (a ``KubeError``) when it exists already."""
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+                "stringData": dict(string_data)}
+        await self._call("POST", f"/api/v1/namespaces/{_segment(namespace)}/secrets", body=body,
+                         content_type="application/json")
+
+    async def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Secret:
+        """A JSON merge patch of a Secret (a null value removes a key); the Secret as it is after it."""
+        raw = json.loads(await self._call("PATCH", f"/api/v1/namespaces/{_segment(namespace)}/secrets/{_segment(name)}",
+                                          body=patch, content_type="application/merge-patch+json"))
+        return _secret(namespace, name, raw)
 
     async def namespace_labels(self, namespace: str) -> dict[str, str]:
         raw = json.loads(await self._call("GET", f"/api/v1/namespaces/{_segment(namespace)}"))
@@ -252,6 +261,14 @@ def _message(data: bytes, reason: str | None) -> str:
         status = None
     message = status.get("message") if isinstance(status, dict) else None
     return str(message or reason or "no message")
+
+
+def _secret(namespace: str, name: str, raw: Mapping[str, Any]) -> Secret:
+    meta = raw.get("metadata") or {}
+    data = {key: base64.b64decode(value).decode("utf-8", errors="replace")
+            for key, value in (raw.get("data") or {}).items()}
+    return Secret(namespace=namespace, name=name, uid=meta.get("uid", ""),
+                  resource_version=meta.get("resourceVersion", ""), data=data)
 
 
 def custom_object_path(plural: str, name: str, namespace: str | None) -> str:

@@ -122,7 +122,13 @@ async def _credentials(kube: Kube, obj: MailConfigObject, spec: MailConfigSpec) 
         return kube_failure(error, f"read {where}")
     if secret is None:
         return Failure(Reason.SECRET_NOT_FOUND, f"{where} does not exist", needs_person=True)
-    if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None:
+    if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None and auth.xoauth2.google_key_ref is not None:
+        key = auth.xoauth2.google_key_ref.key
+        if not secret.data.get(key):
+            return Failure(Reason.SECRET_KEY_MISSING, f"{where} has no (or an empty) key {key!r}", needs_person=True)
+        # A key file, not a realm value: kcmail.bridge.enrolment checks it, and it never reaches Keycloak.
+        return Credentials(secret_version=secret.version, service_account_key=secret.data[key])
+    if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None and auth.xoauth2.client_secret_ref is not None:
         ref = auth.xoauth2.client_secret_ref
         keys = (ref.client_id_key, ref.client_secret_key)
     else:

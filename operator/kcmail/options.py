@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kcmail.bridge.enrolment import BridgeOptions
 from kcmail.defaults import KEYCLOAK_CONCURRENCY, PROBE_CONCURRENCY, WORKERS
 
 # A MailConfig labelled with it belongs to the shard of that name (`kcmail run --shard NAME`).
@@ -26,6 +27,8 @@ class OperatorOptions:
     workers: int = WORKERS
     # The label selector of the MailConfig watch, asked of the API server: "" watches them all.
     mailconfig_selector: str = ""
+    # MailConfigs with googleServiceAccount send through this token bridge; None: they fail, needing one.
+    bridge: BridgeOptions | None = None
 
 
 def shard_selector(shard: str | None, *, exclude_sharded: bool = False) -> str:

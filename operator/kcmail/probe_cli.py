@@ -17,26 +17,33 @@ import argparse
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime
 import json
 import os
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
 from kcmail.answers import TOKEN_ANSWER_LIMIT, limited_client
-from kcmail.conditions import Failure
+from kcmail.bridge import GOOGLE_TOKEN_URL
+from kcmail.bridge.registry import parse_key
+from kcmail.conditions import Failure, Reason
 from kcmail.oauth import TokenClient, TokenFailure
 from kcmail.probes import send_spec, smtp_target, token_request
 from kcmail.smtp_probe import SmtpCredentials, probe_smtp
 from kcmail.spec import AuthType, Credentials, MailConfigSpec, ProbeMode, SpecError
+
+if TYPE_CHECKING:
+    from kcmail.bridge.google import IssuedToken
 
 EXIT_PASSED = 0
 EXIT_PROBE_FAILED = 1
@@ -210,8 +217,25 @@ def resolve_credentials(spec: MailConfigSpec, secret: Mapping[str, str] | None, 
         raise InputError(f"no value for key {key!r} of Secret {auth.secret_name!r}, which the MailConfig reads: "
                          f"give --secret FILE (or put the Secret in the MailConfig's file), or {hint}")
 
+    if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None and auth.xoauth2.google_key_ref is not None:
+        # googleServiceAccount: the key itself, for the grant the bridge would make.
+        key_ref = auth.xoauth2.google_key_ref
+        if not values.get(key_ref.key):
+            where = secret_source if secret is not None else f"no Secret {key_ref.name!r}"
+            raise InputError(f"{where} holds the service account's key under {key_ref.key!r}: give --secret FILE "
+                             f"(or put the Secret in the MailConfig's file), e.g. kubectl create secret generic "
+                             f"{key_ref.name} --from-file={key_ref.key}=KEY.json --dry-run=client -o yaml")
+        text = values[key_ref.key]
+        origin.append(secret_source)
+        key = parse_key(text)
+        if isinstance(key, str):
+            raise InputError(f"the value of key {key_ref.key!r} of {secret_source} {key}")
+        return (Credentials(secret_version=_FILE_SECRET_VERSION, client_id=str(key["client_email"]),
+                            service_account_key=text), " and ".join(dict.fromkeys(origin)))
     if auth.type is AuthType.XOAUTH2 and auth.xoauth2 is not None:
         ref = auth.xoauth2.client_secret_ref
+        if ref is None:
+            raise InputError("the MailConfig names no clientSecretRef")
         credentials = Credentials(
             secret_version=_FILE_SECRET_VERSION,
             client_id=pick(client_id, ref.client_id_key, "--client-id", "--client-id"),
@@ -235,6 +259,8 @@ class ProbeOptions:
     client_secret_file: Path | None = None
     password_file: Path | None = None
     send_to: str | None = None
+    # googleServiceAccount: where the grant goes (Google's; a stand-in in tests).
+    google_token_url: str = GOOGLE_TOKEN_URL
 
 
 def read_inputs(options: ProbeOptions, environ: Mapping[str, str]) -> ProbeInput:
@@ -264,6 +290,10 @@ def read_inputs(options: ProbeOptions, environ: Mapping[str, str]) -> ProbeInput
     credentials, origin = resolve_credentials(
         spec, secret, secret_source, client_id=options.client_id, client_secret=client_secret, password=password,
         client_secret_origin="--client-secret-file" if options.client_secret_file else f"${CLIENT_SECRET_ENV}")
+    if spec.auth.xoauth2 is not None and spec.auth.xoauth2.google_key_ref is not None:
+        # The probe asks Google directly, as the bridge would; the report names Google's endpoint.
+        spec = dataclasses.replace(spec, auth=dataclasses.replace(spec.auth, xoauth2=dataclasses.replace(
+            spec.auth.xoauth2, token_url=options.google_token_url)))
     _check_token_url(spec, str(options.mailconfig_file))
     if options.send_to is None and spec.probe.smtp is ProbeMode.SEND and not spec.probe.recipient:
         raise InputError(f"{options.mailconfig_file}: probe.smtp is Send but probe.recipient is empty; "
@@ -321,12 +351,26 @@ def token_detail(url: str, status: int | None, expires_in: int, scope: str) -> s
     return f"{host} answered {answered}; the token expires in {expires_in} s" + (f" (scope {scope})" if scope else "")
 
 
-async def run_probe(probe: ProbeInput, tls: ssl.SSLContext, step_timeout: float | None = None) -> ProbeReport:
-    """The token request (XOAUTH2), then the SMTP conversation; stops at the first failure."""
+async def run_probe(probe: ProbeInput, tls: ssl.SSLContext, step_timeout: float | None = None, *,
+                    google_verify: str | bool = True) -> ProbeReport:
+    """The token request (XOAUTH2), then the SMTP conversation; stops at the first failure.
+
+    ``google_verify``: the CAs for Google's token endpoint (requests' ``verify``), for googleServiceAccount.
+    """
     spec = probe.spec
     steps: list[ReportStep] = []
     request = token_request(spec, probe.credentials)
     secret = probe.credentials.password if spec.auth.type is AuthType.BASIC else ""
+    if spec.auth.xoauth2 is not None and spec.auth.xoauth2.google_key_ref is not None:
+        started = time.monotonic()
+        granted = await _google_token(probe, google_verify, step_timeout or TOKEN_TIMEOUT)
+        if isinstance(granted, Failure):
+            steps.append(ReportStep("token", False, time.monotonic() - started, granted.message, granted.reason.value))
+            return ProbeReport(probe.mailconfig, describe(probe), tuple(steps), granted)
+        expires_in = round((granted.expires_at - datetime.datetime.now(datetime.UTC)).total_seconds())
+        steps.append(ReportStep("token", True, time.monotonic() - started,
+                                token_detail(spec.auth.xoauth2.token_url, None, expires_in, spec.auth.xoauth2.scope)))
+        secret, request = granted.access_token, None
     if request is not None:
         statuses: list[int] = []
 
@@ -357,6 +401,37 @@ async def run_probe(probe: ProbeInput, tls: ssl.SSLContext, step_timeout: float 
     sent = any(step.name == "send" and step.ok for step in result.steps)
     return ProbeReport(probe.mailconfig, describe(probe), tuple(steps), result.failure,
                        result.probe_id if sent else "")
+
+
+async def _google_token(probe: ProbeInput, verify: str | bool, seconds: float) -> IssuedToken | Failure:
+    """The token Google grants the service account for the mailbox, as the bridge would ask for it."""
+    from kcmail.bridge.google import GoogleRefused, GoogleUnreachable, KeyUnusable, google_grant
+    from kcmail.bridge.registry import BridgeClient
+
+    spec = probe.spec
+    assert spec.auth.xoauth2 is not None
+    key = json.loads(probe.credentials.service_account_key)
+    client = BridgeClient(client_id="kcmail-probe", mailbox=spec.auth.username, key=key, secret_sha256="")
+    grant = google_grant(spec.auth.xoauth2.token_url, verify, seconds)
+    try:
+        return await asyncio.to_thread(grant, client)
+    except GoogleRefused as refused:
+        return Failure(Reason.GOOGLE_REFUSED, f"Google answered: {refused}", needs_person=True)
+    except GoogleUnreachable as error:
+        return Failure(Reason.TOKEN_ENDPOINT_UNREACHABLE, f"Google's token endpoint: {error}")
+    except KeyUnusable as error:
+        return Failure(Reason.INVALID_SECRET_VALUE, str(error), needs_person=True)
+
+
+def google_verify(ca_bundle: Path | None) -> str | bool:
+    """What the grant trusts: the system's CAs (requests' own), plus ``--ca-bundle`` when given."""
+    if ca_bundle is None:
+        return True
+    import certifi
+
+    combined = Path(tempfile.mkdtemp(prefix="kcmail-probe-")) / "ca.pem"
+    combined.write_text(Path(certifi.where()).read_text() + "\n" + ca_bundle.read_text())
+    return str(combined)
 
 
 # -- rendering (pure) --------------------------------------------------------------------------------------
@@ -444,6 +519,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help="seconds allowed for each network step (default: the MailConfig's smtp.timeouts, "
                             f"{TOKEN_TIMEOUT:.0f} s for the token request)")
     probe.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    probe.add_argument("--google-token-url", default=GOOGLE_TOKEN_URL, metavar="URL",
+                       help="googleServiceAccount: Google's token endpoint, asked directly as the bridge asks it "
+                            "(default %(default)s)")
     probe.set_defaults(handler=main)
 
 
@@ -460,13 +538,14 @@ def _seconds(value: str) -> float:
 def main(args: argparse.Namespace) -> int:
     options = ProbeOptions(mailconfig_file=args.mailconfig, secret_file=args.secret, name=args.name,
                            client_id=args.client_id, client_secret_file=args.client_secret_file,
-                           password_file=args.password_file, send_to=args.send_to)
+                           password_file=args.password_file, send_to=args.send_to,
+                           google_token_url=args.google_token_url)
     try:
         probe = read_inputs(options, os.environ)
         tls = tls_context(args.ca_bundle)
     except InputError as error:
         print(f"kcmail probe: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    report = asyncio.run(run_probe(probe, tls, args.timeout))
+    report = asyncio.run(run_probe(probe, tls, args.timeout, google_verify=google_verify(args.ca_bundle)))
     sys.stdout.write(render_json(report) if args.json else render_text(report))
     return EXIT_PASSED if report.ok else EXIT_PROBE_FAILED

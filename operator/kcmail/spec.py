@@ -140,11 +140,20 @@ class SecretKeyRef:
     key: str
 
 
+# The one scope a Gmail SMTP token has (Google's OAuth 2.0 scopes for the Gmail API).
+GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
+
+
 @dataclass(frozen=True)
 class XOAuth2Spec:
+    """Either a token endpoint and the client credentials Keycloak presents to it, or a Google service
+    account's key, which kcmail's token bridge uses for Keycloak (``google_key_ref``; the token URL and the
+    client credentials are then the bridge's, filled in by kcmail.bridge.enrolment)."""
+
     token_url: str
     scope: str
-    client_secret_ref: ClientSecretRef
+    client_secret_ref: ClientSecretRef | None
+    google_key_ref: SecretKeyRef | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,9 @@ class AuthSpec:
     def secret_name(self) -> str | None:
         """The Secret this auth reads, if any."""
         if self.type is AuthType.XOAUTH2 and self.xoauth2:
-            return self.xoauth2.client_secret_ref.name
+            if self.xoauth2.google_key_ref is not None:
+                return self.xoauth2.google_key_ref.name
+            return self.xoauth2.client_secret_ref.name if self.xoauth2.client_secret_ref else None
         if self.type is AuthType.BASIC and self.basic:
             return self.basic.password_secret_ref.name
         return None
@@ -213,8 +224,15 @@ class MailConfigSpec:
         if auth.xoauth2 is not None:
             stored |= {"auth.xoauth2.tokenURL": auth.xoauth2.token_url, "auth.xoauth2.scope": auth.xoauth2.scope}
         names = {"connectionRef.name": self.connection_ref.name, "probe.recipient": self.probe.recipient}
-        if auth.xoauth2 is not None:
+        if auth.xoauth2 is not None and auth.xoauth2.client_secret_ref is not None:
             names["auth.xoauth2.clientSecretRef.name"] = auth.xoauth2.client_secret_ref.name
+        if auth.xoauth2 is not None and auth.xoauth2.google_key_ref is not None:
+            google = auth.xoauth2.google_key_ref
+            names |= {"auth.xoauth2.googleServiceAccount.keySecretRef.name": google.name,
+                      "auth.xoauth2.googleServiceAccount.keySecretRef.key": google.key}
+            if auth.username.count("@") != 1:
+                raise SpecError("auth.username must be the Workspace mailbox (an address) with "
+                                "auth.xoauth2.googleServiceAccount")
         if auth.basic is not None:
             names["auth.basic.passwordSecretRef.name"] = auth.basic.password_secret_ref.name
         for path, value in stored.items():
@@ -269,6 +287,9 @@ def _auth(auth: Mapping[str, Any]) -> AuthSpec:
     xoauth2 = basic = None
     if kind is AuthType.XOAUTH2:
         x = _mapping(auth, "xoauth2", "auth.")
+        if "googleServiceAccount" in x:
+            xoauth2 = _google(x)
+            return AuthSpec(type=kind, username=auth.get("username", ""), xoauth2=xoauth2)
         ref = _mapping(x, "clientSecretRef", "auth.xoauth2.")
         xoauth2 = XOAuth2Spec(
             token_url=_str(x, "tokenURL", "auth.xoauth2."), scope=x.get("scope", ""),
@@ -283,6 +304,18 @@ def _auth(auth: Mapping[str, Any]) -> AuthSpec:
     return AuthSpec(type=kind, username=auth.get("username", ""), xoauth2=xoauth2, basic=basic)
 
 
+def _google(x: Mapping[str, Any]) -> XOAuth2Spec:
+    prefix = "auth.xoauth2.googleServiceAccount."
+    if "tokenURL" in x or "clientSecretRef" in x:
+        raise SpecError("auth.xoauth2 takes either googleServiceAccount, or tokenURL and clientSecretRef")
+    scope = x.get("scope", "") or GOOGLE_MAIL_SCOPE
+    if scope != GOOGLE_MAIL_SCOPE:
+        raise SpecError(f"auth.xoauth2.scope must be {GOOGLE_MAIL_SCOPE} (or left out) with googleServiceAccount")
+    ref = _mapping(_mapping(x, "googleServiceAccount", "auth.xoauth2."), "keySecretRef", prefix)
+    return XOAuth2Spec(token_url="", scope=scope, client_secret_ref=None, google_key_ref=SecretKeyRef(
+        name=_str(ref, "name", f"{prefix}keySecretRef."), key=ref.get("key", "key.json")))
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Secret values resolved for one MailConfig. ``repr`` never shows them."""
@@ -291,6 +324,8 @@ class Credentials:
     client_id: str = ""
     client_secret: str = field(default="", repr=False)
     password: str = field(default="", repr=False)
+    # A Google service account's key (the JSON Google issues), for the token bridge; never for Keycloak.
+    service_account_key: str = field(default="", repr=False)
 
 
 def duration(value: str, path: str) -> datetime.timedelta:

@@ -97,6 +97,13 @@ class Operator:
     process: ServerProcess
     env: Environment
     metrics_port: int
+    # The token bridge the operator sends googleServiceAccount MailConfigs through (a process of its own).
+    bridge: ServerProcess
+    bridge_url: str
+
+    def start(self) -> None:
+        self.process = operator_env.start_operator(self.env, self.registry, metrics_port=self.metrics_port,
+                                                   args=operator_env.bridge_args(self.bridge_url))
 
     def log(self) -> str:
         return self.process.log.read_text(errors="replace")
@@ -116,7 +123,7 @@ class Operator:
         self.registry.stop_all()
         if while_down is not None:
             while_down()
-        self.process = operator_env.start_operator(self.env, self.registry, metrics_port=self.metrics_port)
+        self.start()
 
 
 @pytest.fixture(scope="session")
@@ -130,12 +137,15 @@ def kcmail_installed(devenv: Environment) -> Environment:
 @pytest.fixture(scope="package")
 def operator(kcmail_installed: Environment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     registry = ProcessRegistry(tmp_path_factory.mktemp("operator"))
-    metrics_port = free_port()
-    process = operator_env.start_operator(kcmail_installed, registry, metrics_port=metrics_port)
+    bridges = ProcessRegistry(tmp_path_factory.mktemp("bridge"))
+    bridge, bridge_url = operator_env.start_bridge(kcmail_installed, bridges)
+    operator = Operator(registry, bridge, kcmail_installed, free_port(), bridge, bridge_url)
     try:
-        yield Operator(registry, process, kcmail_installed, metrics_port)
+        operator.start()
+        yield operator
     finally:
         registry.stop_all()
+        bridges.stop_all()
 
 
 @dataclass
@@ -259,5 +269,4 @@ def alone(operator) -> Iterator[None]:
     try:
         yield
     finally:
-        operator.process = operator_env.start_operator(operator.env, operator.registry,
-                                                       metrics_port=operator.metrics_port)
+        operator.start()

@@ -179,3 +179,30 @@ def test_json_output_is_one_document_with_timed_steps(devenv, tmp_path):
     message = wait_for_message(devenv.smtp_spool, lambda m: recipient in m.rcpt_tos, timeout=10)
     assert document["probeID"] in (message.subject or "")
     _assert_no_secrets(result, devenv.issuer_client_secret)
+
+
+@pytest.mark.parametrize(("key", "exit_code", "words"), [
+    ("delegated", EXIT_PASSED, "PASSED"),
+    ("undelegated", EXIT_PROBE_FAILED, "GoogleRefused: Google answered: unauthorized_client"),
+])
+def test_a_google_service_account_is_probed_with_the_grant_the_bridge_would_make(devenv, tmp_path, key, exit_code,
+                                                                                  words):
+    """Before anything is deployed: the key, the delegation and the mailbox, asked of Google (the stand-in)."""
+    keys = json.loads(Path(devenv.google_keys).read_text())
+    mailbox = keys["mailboxes"][0]
+    auth = {"type": "XOAUTH2", "username": mailbox,
+            "xoauth2": {"googleServiceAccount": {"keySecretRef": {"name": "gmail-key"}}}}
+    mailconfig = _mailconfig(devenv, auth=auth)
+    mailconfig["spec"]["sender"]["from"] = mailbox
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gmail-key", "namespace": "tenant-acme"},
+              "stringData": {"key.json": json.dumps(keys[key])}}
+    config = _write(tmp_path / "gmail.yaml", secret, mailconfig)
+    result = _probe(tmp_path, str(config), "--ca-bundle", str(devenv.ca_file), "--google-token-url",
+                    devenv.google_token_url)
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    assert words in result.stdout
+    assert f"token from    {devenv.google_token_url} (client {keys[key]['client_email']}" in result.stdout
+    if exit_code == EXIT_PASSED:
+        assert f"AUTH XOAUTH2 as {mailbox}: 235" in _step_lines(result.stdout)["auth"]
+    assert keys[key]["private_key"].splitlines()[1] not in result.stdout + result.stderr
+    assert "ya29." not in result.stdout + result.stderr

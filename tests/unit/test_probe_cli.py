@@ -122,6 +122,18 @@ def test_a_missing_secret_key_names_the_key_and_the_flag_without_the_other_value
     assert CANARY_ID not in message
 
 
+def test_a_google_service_account_mailconfig_needs_the_key_and_never_quotes_a_bad_one(tmp_path):
+    google = {"type": "XOAUTH2", "username": "no-reply@workspace.example",
+              "xoauth2": {"googleServiceAccount": {"keySecretRef": {"name": "gmail-key"}}}}
+    path = _write(tmp_path / "mc.yaml", _mailconfig(google))
+    with pytest.raises(InputError, match=r"no Secret 'gmail-key' holds the service account's key under 'key.json'"):
+        read_inputs(ProbeOptions(mailconfig_file=path), environ={})
+    path = _write(tmp_path / "mc.yaml", _mailconfig(google), _secret("gmail-key", string_data={"key.json": "hunter2"}))
+    with pytest.raises(InputError, match=r"key 'key.json' of Secret gmail-key in .* is not JSON") as caught:
+        read_inputs(ProbeOptions(mailconfig_file=path), environ={})
+    assert "hunter2" not in str(caught.value)
+
+
 def test_without_any_secret_the_message_says_how_to_give_one(tmp_path):
     path = _write(tmp_path / "mc.yaml", _mailconfig(XOAUTH2))
     with pytest.raises(InputError, match=r"no value for key 'client-id' of Secret 'acme-oauth'.*--secret FILE"):

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kcmail.devenv.certs import LOOPBACK_NAMES, CertificateAuthority
 from kcmail.devenv.clients import KeycloakAdminAPI
 from kcmail.devenv.environment import Environment
-from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port
+from kcmail.devenv.processes import ProcessRegistry, ServerProcess, free_port, port_open, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "crds"
@@ -118,6 +119,36 @@ def xoauth2_mailconfig(env: Environment, namespace: str, name: str, realm: str, 
 
 def issuer_secret(env: Environment, namespace: str, name: str) -> dict[str, Any]:
     return secret(namespace, name, {"client-id": env.issuer_client_id, "client-secret": env.issuer_client_secret})
+
+
+# The registry Secret the operator keeps for the token bridge, where the chart keeps it: the operator's namespace.
+BRIDGE_REGISTRY = f"{SYSTEM_NAMESPACE}/kcmail-bridge-registry"
+
+
+def bridge_args(url: str) -> list[str]:
+    """`kcmail run`'s options for MailConfigs with googleServiceAccount, sending through the bridge at ``url``."""
+    return ["--bridge-url", url, "--bridge-registry", BRIDGE_REGISTRY]
+
+
+def start_bridge(env: Environment, registry: ProcessRegistry, *, clients: Path | None = None,
+                 rate: float = 5) -> tuple[ServerProcess, str]:
+    """`kcmail bridge` on loopback, and its token URL: served with a certificate of the environment's CA (which
+    Keycloak and the operator trust), asking the environment's stand-in for Google.
+
+    Its clients come from ``clients`` (a hand-written file), else from the registry Secret the operator keeps
+    (read with the environment's admin kubeconfig; the chart's bridge reads it with a Role for that Secret).
+    """
+    port = free_port()
+    serving = CertificateAuthority(env.state_dir / "pki").issue(f"bridge-{port}", "kcmail-bridge",
+                                                                names=LOOPBACK_NAMES)
+    source = ["--clients", str(clients)] if clients is not None else ["--clients-secret", BRIDGE_REGISTRY]
+    process = registry.start("bridge", [
+        sys.executable, "-m", "kcmail.cli", "bridge", "--listen", f"127.0.0.1:{port}", "--tls-cert",
+        str(serving.cert), "--tls-key", str(serving.key), *source, "--google-token-url", env.google_token_url,
+        "--ca-bundle", str(env.ca_file), "--rate", str(rate)],
+        env={"KUBECONFIG": str(env.kubeconfig), "PYTHONUNBUFFERED": "1"})
+    wait_until(lambda: port_open(port), server=process, what=f"bridge port {port}", timeout=30)
+    return process, f"https://127.0.0.1:{port}/token"
 
 
 def start_operator(env: Environment, registry: ProcessRegistry, *, name: str = "operator",
