@@ -101,8 +101,11 @@ def value_sets(ns: Namespaces) -> dict[str, dict[str, Any]]:
         # A platform that assigns the user and group itself (OpenShift's restricted SCC).
         "platform-assigned-user": {"runAsUser": None, "runAsGroup": None},
         "two-shards": {"shards": ["blue", "green"], "workers": 8},
-        "google-bridge": {"bridge": {"enabled": True, "tlsSecret": "bridge-tls", "clientsSecret": "bridge-clients",
-                                     "tokenEndpointCA": {"configMap": "corp-ca"}}},
+        "google-bridge": {"bridge": {"enabled": True, "tlsSecret": "bridge-tls",
+                                     "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"}]}},
+        "google-bridge-hand-written": {"bridge": {"enabled": True, "tlsSecret": "bridge-tls",
+                                                  "clientsSecret": "bridge-clients",
+                                                  "tokenEndpointCA": {"configMap": "corp-ca"}}},
     }
 
 

@@ -124,3 +124,30 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: bridge
 {{- end -}}
+
+{{- define "kcmail.bridgeName" -}}
+{{- printf "%s-bridge" (include "kcmail.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- /* "true" when the operator keeps the bridge's clients itself (bridge.enabled, no bridge.clientsSecret),
+else empty. */}}
+{{- define "kcmail.bridgeManaged" -}}
+{{- if and .Values.bridge.enabled (not .Values.bridge.clientsSecret) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- /* The bridge's registry: a Secret holding a random seed and one key per MailConfig, which the operator
+creates and patches at run time and the bridge reads. No template renders it: helm would own its data. */}}
+{{- define "kcmail.bridgeRegistryName" -}}
+{{- printf "%s-bridge-registry" (include "kcmail.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- /* The bridge's token endpoint for the operator's --bridge-url: bridge.url, else the bridge's Service. */}}
+{{- define "kcmail.bridgeURL" -}}
+{{- if .Values.bridge.url -}}
+{{- .Values.bridge.url -}}
+{{- else -}}
+{{- printf "https://%s.%s.svc:%v/token" (include "kcmail.bridgeName" .) .Release.Namespace .Values.bridge.port -}}
+{{- end -}}
+{{- end -}}
