@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kcmail import act, conditions, decide, metrics, observe
-from kcmail.bridge.enrolment import BRIDGE_VERSION_MARK, Enrolment, unbridged, withdrawable, withdrawn_on_deletion
+from kcmail.bridge.enrolment import (
+    BRIDGE_VERSION_MARK,
+    Enrolment,
+    settled,
+    unbridged,
+    uses_bridge,
+    withdrawn_on_deletion,
+)
 from kcmail.conditions import condition_true
 from kcmail.connections import ConnectionKey, KeycloakClients, ResolvedConnections
 from kcmail.decide import FORCE_APPLY, REQUESTED_AT, Result
@@ -39,7 +46,7 @@ from kcmail.probes import Prober
 from kcmail.redact import redact
 from kcmail.schedule import phase, seconds_to_next_pass
 from kcmail.secretwatch import SecretEvent, SecretEventType
-from kcmail.spec import GROUP, VERSION, ConnectionKind, MailConfigSpec, SpecError
+from kcmail.spec import GROUP, VERSION, ConnectionKind, Credentials, MailConfigSpec, SpecError
 from kcmail.store import ConnectionRef, Holders, Key, MailConfigObject, MailConfigStore, used_connection
 from kcmail.workqueue import Next, Requeue, Retry, WorkQueue
 
@@ -210,18 +217,21 @@ class Reconciler:
         # googleServiceAccount: the bridge's URL and kcmail's own client credentials, its entry written first.
         inputs = unbridged(inputs) if self._bridge is None else await self._bridge.enrol(obj, inputs)
         result = await self._pass(obj, inputs, report, holders)
-        if (self._bridge is not None and isinstance(inputs.spec, MailConfigSpec)
-                and withdrawable(obj, inputs.spec, result.status)):
-            await self._withdraw(obj)
+        if (self._bridge is not None and isinstance(inputs.spec, MailConfigSpec) and not inputs.spec.suspend
+                and settled(obj, result.status)):
+            # The realm holds this spec's settings: the bridge clients it no longer uses go.
+            current = inputs.credentials.client_id if uses_bridge(inputs.spec) and isinstance(
+                inputs.credentials, Credentials) else None
+            await self._prune(obj, current)
         return result
 
-    async def _withdraw(self, obj: MailConfigObject) -> None:
+    async def _prune(self, obj: MailConfigObject, keep: str | None) -> None:
         assert self._bridge is not None
         try:
-            await self._bridge.withdraw(obj)
+            await self._bridge.prune(obj, keep)
         except KubeError as error:
-            # The entry serves no realm any more; a later pass takes it out.
-            log.warning("%s/%s: could not withdraw its entry from the bridge's registry: %s", obj.namespace,
+            # The entries serve no realm any more; a later pass takes them out.
+            log.warning("%s/%s: could not withdraw entries from the bridge's registry: %s", obj.namespace,
                         obj.name, redact(str(error)))
 
     async def _pass(self, obj: MailConfigObject, inputs: observe.Inputs, report: Report | None,
@@ -269,7 +279,7 @@ class Reconciler:
         result = await self._release(obj, inputs)
         if (self._bridge is not None and isinstance(inputs.spec, MailConfigSpec)
                 and withdrawn_on_deletion(obj, inputs.spec)):
-            await self._withdraw(obj)
+            await self._prune(obj, None)
         return result
 
     async def _release(self, obj: MailConfigObject, inputs: observe.Inputs) -> Result:

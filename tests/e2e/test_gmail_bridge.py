@@ -51,12 +51,19 @@ def test_a_google_service_account_sends_through_the_bridge_as_its_mailbox(operat
     assert "unauthorized_client" in _condition(refused, "TokenAcquired")["message"]
     uid = refused["metadata"]["uid"]
 
+    # A disabled key: Google's own words again, told apart from the bridge's refusals.
+    tenant.apply(operator_env.secret(tenant.namespace, "gmail-key", {"key.json": json.dumps(keys["disabled"])}))
+    disabled = tenant.wait_for(lambda o: "Invalid JWT Signature." in _condition(o, "TokenAcquired").get("message", ""),
+                               "gmail", timeout=60, what="TokenAcquired=False for the disabled key")
+    assert _condition(disabled, "TokenAcquired")["reason"] == "GoogleRefused"
+
     # The Secret rotated to a delegated key: the bridge uses it at once, and the MailConfig becomes Ready.
     tenant.apply(operator_env.secret(tenant.namespace, "gmail-key", {"key.json": json.dumps(keys["delegated"])}))
     ready = tenant.wait_condition("True", name="gmail", timeout=90)
     smtp = tenant.smtp_server()
     assert smtp["authTokenUrl"] == operator.bridge_url
-    assert smtp["authTokenClientId"] == enrolment.client_id(uid)
+    client = enrolment.client_id(uid, mailbox)
+    assert smtp["authTokenClientId"] == client
     assert smtp["authTokenScope"] == "https://mail.google.com/"
     assert smtp["user"] == mailbox
 
@@ -65,17 +72,33 @@ def test_a_google_service_account_sends_through_the_bridge_as_its_mailbox(operat
     assert message.auth is not None
     assert (message.auth.mechanism.upper(), message.auth.user) == ("XOAUTH2", mailbox)
 
+    # A mailbox the Workspace does not have: Google refuses the candidate, the working realm is kept, and so
+    # is the client it uses, beside the candidate's.
+    wrong = _gmail_mailconfig(tenant, "nobody@workspace.example")
+    wrong["spec"]["sender"]["from"] = mailbox
+    tenant.apply(wrong)
+    held = tenant.wait_condition("False", "ChangeHeld", name="gmail", timeout=60)
+    assert "Invalid email or User ID" in _condition(held, "Applied")["message"]
+    assert tenant.smtp_server()["authTokenClientId"] == client
+    assert len(enrolment.entries_of(uid, _registry(tenant))) == 2
+    assert tenant.send_test_mail(keys["delegated"]["client_id"]).auth.user == mailbox  # type: ignore[union-attr]
+    # Back to the mailbox: Ready again, and the candidate's client goes.
+    tenant.apply(_gmail_mailconfig(tenant, mailbox))
+    ready = tenant.wait_condition("True", name="gmail", timeout=60)
+    assert enrolment.entries_of(uid, _registry(tenant)) == [enrolment.entry_key(client)]
+
     # The bridge holds the entry under the MailConfig's uid: its mailbox, the key, and no secret in the clear.
     registry = _registry(tenant)
-    entry = json.loads(registry[enrolment.entry_key(uid)])
+    entry = json.loads(registry[enrolment.entry_key(client)])
     assert (entry["mailbox"], entry["serviceAccountKey"]) == (mailbox, keys["delegated"])
-    secret = enrolment.client_secret(bytes.fromhex(registry["seed"]), uid)
-    assert secret not in registry[enrolment.entry_key(uid)]
+    secret = enrolment.client_secret(bytes.fromhex(registry["seed"]), client)
+    assert secret not in registry[enrolment.entry_key(client)]
 
     # Neither the key, nor kcmail's secret for the bridge, is in status, Events or either log.
     key_line = keys["delegated"]["private_key"].splitlines()[1]
     seen = {"status": json.dumps(ready.get("status")), "events": json.dumps(tenant.events("gmail")),
-            "operator log": operator.log(), "bridge log": operator.bridge.log.read_text(errors="replace")}
+            "operator log": operator.log(), "bridge log": operator.bridge.log.read_text(errors="replace"),
+            "metrics": operator.metrics()}
     for where, text in seen.items():
         assert key_line not in text, where
         assert secret not in text, where
@@ -83,7 +106,7 @@ def test_a_google_service_account_sends_through_the_bridge_as_its_mailbox(operat
 
     # Deleted with deletionPolicy Clear: the realm's settings and the bridge's entry go.
     assert tenant.kubectl("delete", "mailconfig", "gmail", "--timeout=60s").returncode == 0
-    assert enrolment.entry_key(uid) not in _registry(tenant)
+    assert enrolment.entries_of(uid, _registry(tenant)) == []
     assert not tenant.smtp_server()
 
 

@@ -51,13 +51,23 @@ def test_the_google_form_refuses_what_the_crd_refuses(auth, words):
         MailConfigSpec.parse({**BASE, "auth": auth})
 
 
-def test_the_derived_secret_is_stable_per_mailconfig_and_differs_across_uids_and_seeds():
+def test_the_derived_secret_is_stable_per_client_and_differs_across_clients_and_seeds():
     seed = bytes(range(32))
-    secret = enrolment.client_secret(seed, "uid-1")
-    assert secret == enrolment.client_secret(seed, "uid-1")
-    assert secret != enrolment.client_secret(seed, "uid-2")
-    assert secret != enrolment.client_secret(bytes(32), "uid-1")
+    client = enrolment.client_id("uid-1", MAILBOX)
+    secret = enrolment.client_secret(seed, client)
+    assert secret == enrolment.client_secret(seed, client)
+    assert secret != enrolment.client_secret(seed, enrolment.client_id("uid-2", MAILBOX))
+    assert secret != enrolment.client_secret(bytes(32), client)
     assert len(secret) >= 43  # 256 bits
+
+
+def test_a_mailbox_is_a_client_of_its_own():
+    assert enrolment.client_id("uid-1", MAILBOX) == enrolment.client_id("uid-1", MAILBOX.upper())
+    other = enrolment.client_id("uid-1", "alerts@workspace.example")
+    assert other != enrolment.client_id("uid-1", MAILBOX)
+    data = {enrolment.entry_key(other): "{}", enrolment.entry_key(enrolment.client_id("uid-1", MAILBOX)): "{}",
+            enrolment.entry_key(enrolment.client_id("uid-10", MAILBOX)): "{}", registry.SEED_KEY: "00"}
+    assert len(enrolment.entries_of("uid-1", data)) == 2
 
 
 def test_a_key_that_is_not_googles_is_refused_without_quoting_it():
@@ -71,11 +81,12 @@ def test_a_key_that_is_not_googles_is_refused_without_quoting_it():
 
 def test_an_entry_is_what_the_bridge_reads_for_that_mailconfig_only():
     obj = mailconfig(auth=GOOGLE_AUTH)
-    text = enrolment.entry(obj, MAILBOX, KEY, "the-secret")
-    document, problems = registry.secret_document({enrolment.entry_key(obj.uid): text, registry.SEED_KEY: "00"})
+    client_id = enrolment.client_id(obj.uid, MAILBOX)
+    text = enrolment.entry(obj, client_id, MAILBOX, KEY, "the-secret")
+    document, problems = registry.secret_document({enrolment.entry_key(client_id): text, registry.SEED_KEY: "00"})
     clients, more = registry.parse(document)
     assert problems == more == []
-    client = clients[enrolment.client_id(obj.uid)]
+    client = clients[client_id]
     assert client.mailbox == MAILBOX
     assert client.secret_sha256 == registry.secret_digest("the-secret")
     assert "the-secret" not in text
@@ -90,15 +101,14 @@ def test_a_pass_without_a_bridge_says_the_bridge_is_missing():
     assert enrolment.unbridged(plain) is plain
 
 
-def test_an_entry_goes_only_once_the_realm_holds_other_credentials():
-    google = MailConfigSpec.parse({**BASE, "auth": GOOGLE_AUTH})
-    plain = MailConfigSpec.parse({**BASE, "auth": {"type": "None"}})
-    bridged = {"appliedSecretVersion": f"uid-k/3{enrolment.BRIDGE_VERSION_MARK}uid-r"}
-    obj = mailconfig()
-    assert not enrolment.withdrawable(obj, google, {})
-    # Switched away, but the change is held: the realm still sends through the bridge.
-    assert not enrolment.withdrawable(obj, plain, bridged)
-    assert enrolment.withdrawable(obj, plain, {"appliedSecretVersion": ""})
+def test_other_clients_go_only_once_the_realm_holds_the_current_generation():
+    obj = MailConfigObject(**{**mailconfig().__dict__, "generation": 3})
+    applied = {"type": "Applied", "status": "True"}
+    assert enrolment.settled(obj, {"observedGeneration": 3, "conditions": [applied]})
+    # A held change: the realm still holds the old settings, and with them the old client.
+    held = {"type": "Applied", "status": "False", "reason": "ChangeHeld"}
+    assert not enrolment.settled(obj, {"observedGeneration": 3, "conditions": [held]})
+    assert not enrolment.settled(obj, {"observedGeneration": 2, "conditions": [applied]})
 
 
 @pytest.mark.parametrize(("policy", "suspend", "applied", "withdrawn"), [
@@ -161,20 +171,27 @@ async def test_a_pass_writes_the_bridge_and_kcmails_credentials_into_the_realm_a
     result = await reconciler.reconcile(obj)
     assert result.wrote, ready(result)
     smtp = keycloak.realm["smtpServer"]
+    client = enrolment.client_id(obj.uid, MAILBOX)
     assert smtp["authTokenUrl"] == OPTIONS.url
     assert smtp["authTokenScope"] == GOOGLE_MAIL_SCOPE
-    assert smtp["authTokenClientId"] == enrolment.client_id(obj.uid)
+    assert smtp["authTokenClientId"] == client
     assert kube.registry is not None
     seed = bytes.fromhex(kube.registry[registry.SEED_KEY])
-    assert smtp["authTokenClientSecret"] == enrolment.client_secret(seed, obj.uid)
+    assert smtp["authTokenClientSecret"] == enrolment.client_secret(seed, client)
     assert PEM.splitlines()[1] not in json.dumps(keycloak.writes)
     assert PEM.splitlines()[1] not in json.dumps(result.status)
-    entry = json.loads(kube.registry[enrolment.entry_key(obj.uid)])
+    entry = json.loads(kube.registry[enrolment.entry_key(client)])
     assert (entry["mailbox"], entry["serviceAccountKey"]) == (MAILBOX, KEY)
     assert result.status["appliedSecretVersion"] == f"uid-k/7{enrolment.BRIDGE_VERSION_MARK}uid-r"
     # The next pass finds its entry as it was: nothing written again.
     await reconciler.reconcile(obj)
     assert len(kube.patches) == 1
+    # Another mailbox is another client; the first goes once the realm holds the new one.
+    obj = mailconfig(auth={**GOOGLE_AUTH, "username": "alerts@workspace.example"})
+    await reconciler.reconcile(obj)
+    assert keycloak.realm["smtpServer"]["authTokenClientId"] == enrolment.client_id(obj.uid, "alerts@workspace.example")
+    assert enrolment.entries_of(obj.uid, kube.registry) == [
+        enrolment.entry_key(enrolment.client_id(obj.uid, "alerts@workspace.example"))]
 
 
 async def test_a_broken_key_is_reported_and_nothing_is_enrolled():

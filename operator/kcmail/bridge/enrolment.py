@@ -4,15 +4,18 @@ A MailConfig with ``auth.xoauth2.googleServiceAccount`` sends through the bridge
 credentials to the bridge, and the bridge uses the service account's key with Google. kcmail makes those
 client credentials itself, so no person ever holds them:
 
-- the client id is ``kcmail-<uid>`` and the secret an HMAC of the MailConfig's uid under a random seed that
-  only the registry Secret holds. Nothing is stored per MailConfig that could drift from it: kcmail derives
-  the same secret on every pass, writes it into the realm and presents it in its own probe. A MailConfig
-  made again under the same name has a new uid, so new credentials; deleting the registry Secret gives
-  every MailConfig new ones (each realm is written again at its next pass).
-- the MailConfig's entry in the registry Secret (one data key per MailConfig, patched on its own, so shards
-  and passes never overwrite each other) holds the secret's digest, the mailbox (``auth.username``) and a
-  copy of the key: the bridge reads that one Secret and no other. The key itself stays in the tenant's
-  Secret and this registry, never in Keycloak, status or a log.
+- the client id is ``kcmail-<uid>-<digest of the mailbox>`` and the secret an HMAC of that id under a random
+  seed that only the registry Secret holds. Nothing is stored per MailConfig that could drift from it:
+  kcmail derives the same secret on every pass, writes it into the realm and presents it in its own probe.
+  A MailConfig made again under the same name has a new uid, so new credentials; deleting the registry
+  Secret gives every MailConfig new ones (each realm is written again at its next pass).
+- each client's entry in the registry Secret (one data key per client, patched on its own, so shards and
+  passes never overwrite each other) holds the secret's digest, the mailbox (``auth.username``) and a copy
+  of the key: the bridge reads that one Secret and no other. The key itself stays in the tenant's Secret
+  and this registry, never in Keycloak, status or a log.
+- a new mailbox is a new client, which the bridge looks up afresh when Keycloak or the probe first present
+  it; the realm keeps the old client until it holds the new settings (a held change sends as before), and
+  then the MailConfig's other clients go (:func:`settled`).
 
 The registry Secret lives in the operator's namespace: a tenant can read neither it nor another tenant's
 entry, and a tenant's key reaches the bridge only under that tenant's own MailConfig's uid and mailbox.
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kcmail.bridge.registry import SEED_KEY, parse_key, secret_digest
-from kcmail.conditions import Failure, Reason
+from kcmail.conditions import ConditionType, Failure, Reason, condition_true
 from kcmail.kube import Kube, KubeError, Secret
 from kcmail.observe import Inputs, kube_failure
 from kcmail.spec import Credentials, DeletionPolicy, MailConfigSpec
@@ -56,24 +59,39 @@ class BridgeOptions:
     secret: str
 
 
-def client_id(uid: str) -> str:
-    return f"kcmail-{uid}"
+def _prefix(uid: str) -> str:
+    return f"kcmail-{uid}-"
 
 
-def client_secret(seed: bytes, uid: str) -> str:
-    """The secret Keycloak presents to the bridge for the MailConfig ``uid`` (pure; 256 bits)."""
-    digest = hmac.new(seed, f"kcmail-bridge-client/{uid}".encode(), hashlib.sha256).digest()
+def client_id(uid: str, mailbox: str) -> str:
+    """The client the MailConfig ``uid`` is to the bridge for ``mailbox`` (pure).
+
+    The mailbox is part of it: a changed mailbox is a new client, which the bridge looks up afresh, while the
+    realm keeps its own client, and its tokens for the old mailbox, until it holds the new settings.
+    """
+    digest = hashlib.sha256(mailbox.casefold().encode()).hexdigest()[:12]
+    return f"{_prefix(uid)}{digest}"
+
+
+def client_secret(seed: bytes, client: str) -> str:
+    """The secret Keycloak presents to the bridge as ``client`` (pure; 256 bits)."""
+    digest = hmac.new(seed, f"kcmail-bridge-client/{client}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def entry_key(uid: str) -> str:
-    return f"{uid}.json"
+def entry_key(client: str) -> str:
+    return f"{client}.json"
 
 
-def entry(obj: MailConfigObject, mailbox: str, key: Mapping[str, Any], secret: str) -> str:
-    """The registry entry of one MailConfig, as the bridge reads it (pure; stable text, so unchanged entries
-    are not written again)."""
-    return json.dumps({"clientID": client_id(obj.uid), "mailConfig": f"{obj.namespace}/{obj.name}",
+def entries_of(uid: str, data: Mapping[str, str]) -> list[str]:
+    """The registry's data keys that hold the MailConfig ``uid``'s clients (pure)."""
+    return sorted(name for name in data if name.startswith(_prefix(uid)) and name.endswith(".json"))
+
+
+def entry(obj: MailConfigObject, client: str, mailbox: str, key: Mapping[str, Any], secret: str) -> str:
+    """The registry entry of one MailConfig's client, as the bridge reads it (pure; stable text, so unchanged
+    entries are not written again)."""
+    return json.dumps({"clientID": client, "mailConfig": f"{obj.namespace}/{obj.name}",
                        "mailbox": mailbox, "secretSha256": secret_digest(secret), "serviceAccountKey": dict(key)},
                       sort_keys=True, separators=(",", ":"))
 
@@ -136,10 +154,11 @@ class Enrolment:
                     Reason.BRIDGE_NOT_CONFIGURED,
                     f"the bridge's registry {self.where} has no usable seed: delete it and kcmail makes a new "
                     "one (every MailConfig using the bridge then gets new credentials)", needs_person=True))
-            secret = client_secret(seed, obj.uid)
-            document = entry(obj, spec.auth.username, key, secret)
-            if registry.data.get(entry_key(obj.uid)) != document:
-                await self._patch({entry_key(obj.uid): document})
+            client = client_id(obj.uid, spec.auth.username)
+            secret = client_secret(seed, client)
+            document = entry(obj, client, spec.auth.username, key, secret)
+            if registry.data.get(entry_key(client)) != document:
+                await self._patch({entry_key(client): document})
                 log.info("bridge registry: entry of %s/%s written (mailbox %s)", obj.namespace, obj.name,
                          spec.auth.username)
         except KubeError as error:
@@ -149,16 +168,20 @@ class Enrolment:
         return dataclasses.replace(
             inputs, spec=dataclasses.replace(spec, auth=dataclasses.replace(spec.auth, xoauth2=bridged)),
             credentials=Credentials(secret_version=f"{credentials.secret_version}{BRIDGE_VERSION_MARK}{registry.uid}",
-                                    client_id=client_id(obj.uid), client_secret=secret))
+                                    client_id=client, client_secret=secret))
 
-    async def withdraw(self, obj: MailConfigObject) -> None:
-        """Take the MailConfig's entry out of the registry, if the registry last read has one."""
+    async def prune(self, obj: MailConfigObject, keep: str | None = None) -> None:
+        """Take the MailConfig's entries out of the registry (as last read), all but client ``keep``'s."""
         if not self._read:
             self._last = await self._kube.secret(self.options.namespace, self.options.secret)
             self._read = True
-        if self._last is not None and entry_key(obj.uid) in self._last.data:
-            await self._patch({entry_key(obj.uid): None})
-            log.info("bridge registry: entry of %s/%s withdrawn", obj.namespace, obj.name)
+        if self._last is None:
+            return
+        stale = [name for name in entries_of(obj.uid, self._last.data)
+                 if keep is None or name != entry_key(keep)]
+        if stale:
+            await self._patch(dict.fromkeys(stale))
+            log.info("bridge registry: %d entries of %s/%s withdrawn", len(stale), obj.namespace, obj.name)
 
     async def _registry(self) -> Secret:
         """The registry Secret, made with a new seed when there is none."""
@@ -185,12 +208,11 @@ class Enrolment:
         self._read = True
 
 
-def withdrawable(obj: MailConfigObject, spec: MailConfigSpec, status: Mapping[str, Any]) -> bool:
-    """Whether a pass that ended with ``status`` leaves the realm without this MailConfig's bridge
-    credentials, so its entry can go: the spec no longer uses the bridge and the realm holds what it says
-    instead (a held change keeps the bridge's credentials in the realm, and with them the entry)."""
-    applied = str(status.get("appliedSecretVersion", obj.status.get("appliedSecretVersion")) or "")
-    return not uses_bridge(spec) and not spec.suspend and BRIDGE_VERSION_MARK not in applied
+def settled(obj: MailConfigObject, status: Mapping[str, Any]) -> bool:
+    """Whether the pass that ended with ``status`` left the realm holding the current spec's settings: then
+    the MailConfig's other bridge clients serve no realm (a held change leaves the realm on the old one)."""
+    return (condition_true(status, ConditionType.APPLIED.value)
+            and status.get("observedGeneration", obj.status.get("observedGeneration")) == obj.generation)
 
 
 def withdrawn_on_deletion(obj: MailConfigObject, spec: MailConfigSpec) -> bool:
