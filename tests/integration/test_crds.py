@@ -136,6 +136,7 @@ def _get(kubectl, obj: dict[str, Any]) -> dict[str, Any]:
 
 _TOKEN_URL = "auth.xoauth2.tokenURL"
 _BASIC = {"passwordSecretRef": {"name": "acme-smtp"}}
+_GOOGLE = {"keySecretRef": {"name": "gmail-key"}}
 _CONNECTIONS = ("KeycloakConnection", "ClusterKeycloakConnection")
 
 # (kind, edits, the words the API server must answer with). Every CEL rule of the CRDs has at least
@@ -182,9 +183,22 @@ _BREAKING = [
     pytest.param("MailConfig", {_TOKEN_URL: "ftp://login.example.com/token"},
                  "auth.xoauth2.tokenURL must be an absolute https:// URL", id="token-url-ftp"),
     pytest.param("MailConfig", {"auth.xoauth2.tokenURL": _DROP},
-                 "spec.auth.xoauth2.tokenURL: Required value", id="token-url-missing"),
+                 "spec.auth.xoauth2: Required value: auth.xoauth2 needs tokenURL and clientSecretRef, or "
+                 "googleServiceAccount", id="token-url-missing"),
     pytest.param("MailConfig", {"auth.xoauth2.clientSecretRef": _DROP},
-                 "spec.auth.xoauth2.clientSecretRef: Required value", id="client-secret-ref-missing"),
+                 "spec.auth.xoauth2: Required value: auth.xoauth2 needs tokenURL and clientSecretRef, or "
+                 "googleServiceAccount", id="client-secret-ref-missing"),
+    # MailConfig: a Google service account, through kcmail's token bridge
+    pytest.param("MailConfig", {"auth.xoauth2.googleServiceAccount": _GOOGLE},
+                 "spec.auth.xoauth2: Forbidden: auth.xoauth2.googleServiceAccount goes without tokenURL and "
+                 "clientSecretRef: kcmail's token bridge is the token endpoint, and kcmail makes the credentials "
+                 "Keycloak presents to it", id="google-with-token-url"),
+    pytest.param("MailConfig", {"auth.xoauth2": {"googleServiceAccount": _GOOGLE, "scope": "openid"}},
+                 "auth.xoauth2.scope must be https://mail.google.com/ (or left out) with googleServiceAccount",
+                 id="google-scope"),
+    pytest.param("MailConfig", {"auth.xoauth2": {"googleServiceAccount": _GOOGLE}, "auth.username": "no-reply"},
+                 "auth.username must be the Workspace mailbox (an address) with "
+                 "auth.xoauth2.googleServiceAccount", id="google-username-not-an-address"),
     # MailConfig: probe
     pytest.param("MailConfig", {"probe.smtp": "Send"},
                  "spec.probe.recipient: Required value: probe.recipient is required when probe.smtp is Send",
@@ -337,6 +351,11 @@ _BREAKING += [
                  f"{field} {_CONTROL}", id=f"{kind}-{path}-control")
     for kind, cases in _CONTROL_FIELDS.items() for path, field in cases
 ] + [
+    pytest.param("MailConfig", {"auth.xoauth2": {"googleServiceAccount": {"keySecretRef": {"name": "gmail\nkey"}}}},
+                 f"auth.xoauth2.googleServiceAccount.keySecretRef.name {_CONTROL}", id="google-key-name-control"),
+    pytest.param("MailConfig", {"auth.xoauth2": {"googleServiceAccount": {"keySecretRef": {"name": "gmail-key",
+                                                                                          "key": "key\r.json"}}}},
+                 f"auth.xoauth2.googleServiceAccount.keySecretRef.key {_CONTROL}", id="google-key-key-control"),
     pytest.param("MailConfig", {"auth.type": "Basic", "auth.xoauth2": _DROP,
                                 "auth.basic": {"passwordSecretRef": {"name": "smtp\n", "key": "password"}}},
                  f"auth.basic.passwordSecretRef.name {_CONTROL}", id="basic-secret-name-control"),
