@@ -62,7 +62,7 @@ def test_a_google_service_account_sends_through_the_bridge_as_its_mailbox(operat
     ready = tenant.wait_condition("True", name="gmail", timeout=90)
     smtp = tenant.smtp_server()
     assert smtp["authTokenUrl"] == operator.bridge_url
-    client = enrolment.client_id(uid, mailbox)
+    client = enrolment.client_id(uid, mailbox, keys["delegated"]["private_key_id"])
     assert smtp["authTokenClientId"] == client
     assert smtp["authTokenScope"] == "https://mail.google.com/"
     assert smtp["user"] == mailbox

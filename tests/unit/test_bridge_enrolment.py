@@ -53,20 +53,21 @@ def test_the_google_form_refuses_what_the_crd_refuses(auth, words):
 
 def test_the_derived_secret_is_stable_per_client_and_differs_across_clients_and_seeds():
     seed = bytes(range(32))
-    client = enrolment.client_id("uid-1", MAILBOX)
+    client = enrolment.client_id("uid-1", MAILBOX, "k1")
     secret = enrolment.client_secret(seed, client)
     assert secret == enrolment.client_secret(seed, client)
-    assert secret != enrolment.client_secret(seed, enrolment.client_id("uid-2", MAILBOX))
+    assert secret != enrolment.client_secret(seed, enrolment.client_id("uid-2", MAILBOX, "k1"))
     assert secret != enrolment.client_secret(bytes(32), client)
     assert len(secret) >= 43  # 256 bits
 
 
-def test_a_mailbox_is_a_client_of_its_own():
-    assert enrolment.client_id("uid-1", MAILBOX) == enrolment.client_id("uid-1", MAILBOX.upper())
-    other = enrolment.client_id("uid-1", "alerts@workspace.example")
-    assert other != enrolment.client_id("uid-1", MAILBOX)
-    data = {enrolment.entry_key(other): "{}", enrolment.entry_key(enrolment.client_id("uid-1", MAILBOX)): "{}",
-            enrolment.entry_key(enrolment.client_id("uid-10", MAILBOX)): "{}", registry.SEED_KEY: "00"}
+def test_a_mailbox_and_a_key_are_a_client_of_their_own():
+    assert enrolment.client_id("uid-1", MAILBOX, "k1") == enrolment.client_id("uid-1", MAILBOX.upper(), "k1")
+    other = enrolment.client_id("uid-1", "alerts@workspace.example", "k1")
+    assert other != enrolment.client_id("uid-1", MAILBOX, "k1")
+    assert enrolment.client_id("uid-1", MAILBOX, "k2") != enrolment.client_id("uid-1", MAILBOX, "k1")
+    data = {enrolment.entry_key(other): "{}", enrolment.entry_key(enrolment.client_id("uid-1", MAILBOX, "k1")): "{}",
+            enrolment.entry_key(enrolment.client_id("uid-10", MAILBOX, "k1")): "{}", registry.SEED_KEY: "00"}
     assert len(enrolment.entries_of("uid-1", data)) == 2
 
 
@@ -81,7 +82,7 @@ def test_a_key_that_is_not_googles_is_refused_without_quoting_it():
 
 def test_an_entry_is_what_the_bridge_reads_for_that_mailconfig_only():
     obj = mailconfig(auth=GOOGLE_AUTH)
-    client_id = enrolment.client_id(obj.uid, MAILBOX)
+    client_id = enrolment.client_id(obj.uid, MAILBOX, "k1")
     text = enrolment.entry(obj, client_id, MAILBOX, KEY, "the-secret")
     document, problems = registry.secret_document({enrolment.entry_key(client_id): text, registry.SEED_KEY: "00"})
     clients, more = registry.parse(document)
@@ -171,7 +172,7 @@ async def test_a_pass_writes_the_bridge_and_kcmails_credentials_into_the_realm_a
     result = await reconciler.reconcile(obj)
     assert result.wrote, ready(result)
     smtp = keycloak.realm["smtpServer"]
-    client = enrolment.client_id(obj.uid, MAILBOX)
+    client = enrolment.client_id(obj.uid, MAILBOX, "k1")
     assert smtp["authTokenUrl"] == OPTIONS.url
     assert smtp["authTokenScope"] == GOOGLE_MAIL_SCOPE
     assert smtp["authTokenClientId"] == client
@@ -189,9 +190,9 @@ async def test_a_pass_writes_the_bridge_and_kcmails_credentials_into_the_realm_a
     # Another mailbox is another client; the first goes once the realm holds the new one.
     obj = mailconfig(auth={**GOOGLE_AUTH, "username": "alerts@workspace.example"})
     await reconciler.reconcile(obj)
-    assert keycloak.realm["smtpServer"]["authTokenClientId"] == enrolment.client_id(obj.uid, "alerts@workspace.example")
-    assert enrolment.entries_of(obj.uid, kube.registry) == [
-        enrolment.entry_key(enrolment.client_id(obj.uid, "alerts@workspace.example"))]
+    alerts = enrolment.client_id(obj.uid, "alerts@workspace.example", "k1")
+    assert keycloak.realm["smtpServer"]["authTokenClientId"] == alerts
+    assert enrolment.entries_of(obj.uid, kube.registry) == [enrolment.entry_key(alerts)]
 
 
 async def test_a_broken_key_is_reported_and_nothing_is_enrolled():

@@ -4,18 +4,19 @@ A MailConfig with ``auth.xoauth2.googleServiceAccount`` sends through the bridge
 credentials to the bridge, and the bridge uses the service account's key with Google. kcmail makes those
 client credentials itself, so no person ever holds them:
 
-- the client id is ``kcmail-<uid>-<digest of the mailbox>`` and the secret an HMAC of that id under a random
-  seed that only the registry Secret holds. Nothing is stored per MailConfig that could drift from it:
-  kcmail derives the same secret on every pass, writes it into the realm and presents it in its own probe.
-  A MailConfig made again under the same name has a new uid, so new credentials; deleting the registry
-  Secret gives every MailConfig new ones (each realm is written again at its next pass).
+- the client id is ``kcmail-<uid>-<digest of the mailbox and key id>`` and the secret an HMAC of that id
+  under a random seed that only the registry Secret holds. Nothing is stored per MailConfig that could
+  drift from it: kcmail derives the same secret on every pass, writes it into the realm and presents it in
+  its own probe. A MailConfig made again under the same name has a new uid, so new credentials; deleting
+  the registry Secret gives every MailConfig new ones (each realm is written again at its next pass).
 - each client's entry in the registry Secret (one data key per client, patched on its own, so shards and
   passes never overwrite each other) holds the secret's digest, the mailbox (``auth.username``) and a copy
   of the key: the bridge reads that one Secret and no other. The key itself stays in the tenant's Secret
   and this registry, never in Keycloak, status or a log.
-- a new mailbox is a new client, which the bridge looks up afresh when Keycloak or the probe first present
-  it; the realm keeps the old client until it holds the new settings (a held change sends as before), and
-  then the MailConfig's other clients go (:func:`settled`).
+- a new mailbox or a rotated key is a new client, which the bridge looks up afresh when Keycloak or the probe
+  first present it; the realm keeps the old client until it holds the new settings (a held change sends as
+  before), and then the MailConfig's other clients go (:func:`settled`). Rotating the key rotates the
+  credentials Keycloak presents to the bridge with it.
 
 The registry Secret lives in the operator's namespace: a tenant can read neither it nor another tenant's
 entry, and a tenant's key reaches the bridge only under that tenant's own MailConfig's uid and mailbox.
@@ -63,13 +64,14 @@ def _prefix(uid: str) -> str:
     return f"kcmail-{uid}-"
 
 
-def client_id(uid: str, mailbox: str) -> str:
-    """The client the MailConfig ``uid`` is to the bridge for ``mailbox`` (pure).
+def client_id(uid: str, mailbox: str, key_id: str) -> str:
+    """The client the MailConfig ``uid`` is to the bridge for ``mailbox`` with the key ``key_id`` (pure).
 
-    The mailbox is part of it: a changed mailbox is a new client, which the bridge looks up afresh, while the
-    realm keeps its own client, and its tokens for the old mailbox, until it holds the new settings.
+    The mailbox and the key are part of it: a new mailbox or a rotated key is a new client, with a secret of
+    its own, which the bridge looks up afresh, while the realm keeps its own client (and the old mailbox or
+    key) until it holds the new settings.
     """
-    digest = hashlib.sha256(mailbox.casefold().encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{mailbox.casefold()}\n{key_id}".encode()).hexdigest()[:12]
     return f"{_prefix(uid)}{digest}"
 
 
@@ -154,7 +156,7 @@ class Enrolment:
                     Reason.BRIDGE_NOT_CONFIGURED,
                     f"the bridge's registry {self.where} has no usable seed: delete it and kcmail makes a new "
                     "one (every MailConfig using the bridge then gets new credentials)", needs_person=True))
-            client = client_id(obj.uid, spec.auth.username)
+            client = client_id(obj.uid, spec.auth.username, str(key["private_key_id"]))
             secret = client_secret(seed, client)
             document = entry(obj, client, spec.auth.username, key, secret)
             if registry.data.get(entry_key(client)) != document:
