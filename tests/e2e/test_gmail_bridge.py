@@ -100,6 +100,7 @@ def test_a_google_service_account_sends_through_the_bridge_as_its_mailbox(operat
             "operator log": operator.log(), "bridge log": operator.bridge.log.read_text(errors="replace"),
             "metrics": operator.metrics()}
     for where, text in seen.items():
+        assert "ya29." not in text, where  # no Google access token either
         assert key_line not in text, where
         assert secret not in text, where
         assert keys["undelegated"]["private_key"].splitlines()[1] not in text, where
