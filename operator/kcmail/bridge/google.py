@@ -27,8 +27,8 @@ from google.oauth2 import service_account
 
 from kcmail.bridge.registry import BridgeClient
 from kcmail.redact import redact
+from kcmail.spec import GOOGLE_MAIL_SCOPE as MAIL_SCOPE
 
-MAIL_SCOPE = "https://mail.google.com/"
 RENEW_BEFORE = datetime.timedelta(minutes=5)
 HAND_OUT_MARGIN = datetime.timedelta(seconds=60)
 GRANT_TIMEOUT = 15.0

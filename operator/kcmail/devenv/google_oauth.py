@@ -41,10 +41,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kcmail.spec import GOOGLE_MAIL_SCOPE
+
 _logger = logging.getLogger("google-oauth")
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-MAIL_SCOPE = "https://mail.google.com/"
 LIFETIME = 3599
 # Google's words for each refusal, as Google's documentation and real answers quote them (sources in
 # docs/guides/google.md).
@@ -137,7 +138,7 @@ def make_accounts(token_url: str) -> Accounts:
                                                            disabled_kid: disabled_public},
                         disabled_keys=(disabled_kid,)),
                 Account(nodelegation, "100000000000000000002", {undelegated_kid: undelegated_public})),
-        delegations={"100000000000000000001": (MAIL_SCOPE,)})
+        delegations={"100000000000000000001": (GOOGLE_MAIL_SCOPE,)})
 
 
 @dataclass

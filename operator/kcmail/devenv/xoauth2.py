@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import httpx
 import jwt
 
+from kcmail.spec import GOOGLE_MAIL_SCOPE
+
 _logger = logging.getLogger(__name__)
 
 # Only public-key algorithms: a symmetric key in a JWKS would let anyone who reads the JWKS mint tokens.
@@ -205,7 +207,6 @@ class Verifier(Protocol):
     async def verify(self, mailbox: str, token: str) -> VerifiedToken: ...
 
 
-GMAIL_SCOPE = "https://mail.google.com/"
 
 
 class TokenInfoVerifier:
@@ -229,7 +230,7 @@ class TokenInfoVerifier:
         except (httpx.HTTPError, ValueError) as error:
             raise SigningKeysUnavailable(f"tokeninfo answered {response.status_code}") from error
         client_id = str(info.get("azp", ""))
-        if GMAIL_SCOPE not in str(info.get("scope", "")).split():
+        if GOOGLE_MAIL_SCOPE not in str(info.get("scope", "")).split():
             raise TokenRejected(Rejection.SCOPE_MISSING, client_id=client_id)
         if str(info.get("email", "")).casefold() != mailbox.casefold():
             raise TokenRejected(Rejection.MAILBOX_NOT_ALLOWED, client_id=client_id)
