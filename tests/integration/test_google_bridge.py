@@ -24,12 +24,11 @@ from typing import Any
 import aiosmtplib
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kcmail.bridge.registry import secret_digest
 from kcmail.conditions import Reason
 from kcmail.devenv import operator_env
+from kcmail.devenv.google_oauth import key_file
 from kcmail.devenv.mail_spool import wait_for_message
 from kcmail.devenv.processes import ProcessRegistry
 from kcmail.oauth import TokenClient, TokenFailure, TokenRequest
@@ -87,9 +86,8 @@ def bridge(devenv, tmp_path_factory) -> Iterator[Bridge]:
     trap.setblocking(False)
     keys["foreign-token-uri"] = {**keys["disabled"], "token_uri": f"https://127.0.0.1:{trap.getsockname()[1]}/token"}
     # Another tenant's key file that copies the delegated account's name and key id, with a key of its own.
-    forged = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    keys["forged"] = {**keys["delegated"], "private_key": forged}
+    forged = key_file(keys["delegated"]["client_email"], keys["delegated"]["client_id"], devenv.google_token_url)[0]
+    keys["forged"] = {**keys["delegated"], "private_key": forged["private_key"]}
     client_secrets = {client_id: secrets.token_urlsafe(32) for client_id in CLIENTS}
     registry = {"clients": {
         client_id: {"secretSha256": secret_digest(client_secrets[client_id]),

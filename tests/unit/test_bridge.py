@@ -10,24 +10,19 @@ import json
 import time
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kcmail.bridge import google, registry
 from kcmail.bridge.registry import BridgeClient, parse, secret_digest
 from kcmail.bridge.server import RateLimits, client_credentials
+from kcmail.devenv.google_oauth import key_file
 
 pytestmark = pytest.mark.unit
 
-# A key made at run time, as Google's key files hold it: no private key is committed.
-def _pem() -> str:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-
-
-PEM, OTHER_PEM = _pem(), _pem()
-KEY = {"type": "service_account", "client_email": "mailer@p.iam.gserviceaccount.com", "private_key_id": "k1",
-       "private_key": PEM}
+# Keys made at run time, as Google's key files hold them: no private key is committed.
+KEY = {**key_file("mailer@p.iam.gserviceaccount.com", "1", "https://oauth2.googleapis.com/token")[0],
+       "private_key_id": "k1"}
+PEM = KEY["private_key"]
+OTHER_PEM = key_file("other@p.iam.gserviceaccount.com", "2", "https://oauth2.googleapis.com/token")[0]["private_key"]
 
 
 def _entry(**changes: object) -> dict[str, object]:

@@ -7,12 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from reconcile_fakes import NOW, FakeClients, FakeKeycloak, FakeKube, mailconfig, ready
 
 from kcmail.bridge import enrolment, registry
 from kcmail.controller import Reconciler, secret_is_news
+from kcmail.devenv.google_oauth import key_file
 from kcmail.kube import Secret, secret_version
 from kcmail.observe import Inputs
 from kcmail.spec import GOOGLE_MAIL_SCOPE, Credentials, MailConfigSpec, SpecError
@@ -20,10 +19,10 @@ from kcmail.store import MailConfigObject
 
 pytestmark = pytest.mark.unit
 
-PEM = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-KEY = {"type": "service_account", "client_email": "mailer@p.iam.gserviceaccount.com", "private_key_id": "k1",
-       "private_key": PEM, "token_uri": "https://attacker.example/token"}
+# Made at run time (no private key is committed), naming a token endpoint of the tenant's own.
+KEY = {**key_file("mailer@p.iam.gserviceaccount.com", "1", "https://attacker.example/token")[0],
+       "private_key_id": "k1"}
+PEM = KEY["private_key"]
 MAILBOX = "no-reply@workspace.example"
 GOOGLE_AUTH = {"type": "XOAUTH2", "username": MAILBOX,
                "xoauth2": {"googleServiceAccount": {"keySecretRef": {"name": "gmail-key"}}}}

@@ -109,7 +109,9 @@ class Accounts:
     delegations: Mapping[str, tuple[str, ...]]
 
 
-def _key_file(email: str, client_id: str, token_url: str) -> tuple[dict[str, Any], str, str]:
+def key_file(email: str, client_id: str, token_url: str) -> tuple[dict[str, Any], str, str]:
+    """A service-account key file as Google issues it, made now (the tests' keys too: none is committed), its
+    key id and its public key in PEM."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_id = secrets.token_hex(20)
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -129,9 +131,9 @@ def make_accounts(token_url: str) -> Accounts:
     enabled key, one disabled), ``nodelegation`` with none."""
     mailer = "mailer@kcmail-dev.iam.gserviceaccount.com"
     nodelegation = "nodelegation@kcmail-dev.iam.gserviceaccount.com"
-    delegated, delegated_kid, delegated_public = _key_file(mailer, "100000000000000000001", token_url)
-    disabled, disabled_kid, disabled_public = _key_file(mailer, "100000000000000000001", token_url)
-    undelegated, undelegated_kid, undelegated_public = _key_file(nodelegation, "100000000000000000002", token_url)
+    delegated, delegated_kid, delegated_public = key_file(mailer, "100000000000000000001", token_url)
+    disabled, disabled_kid, disabled_public = key_file(mailer, "100000000000000000001", token_url)
+    undelegated, undelegated_kid, undelegated_public = key_file(nodelegation, "100000000000000000002", token_url)
     return Accounts(
         delegated=delegated, disabled=disabled, undelegated=undelegated,
         google=(Account(mailer, "100000000000000000001", {delegated_kid: delegated_public,
