@@ -229,9 +229,9 @@ ReadSecret = Callable[[], Awaitable[Mapping[str, str] | None]]
 
 class SecretRegistry(Registry):
     """kcmail's registry Secret, read through the API every ``every`` seconds, and at once when a client is
-    not found or Google refuses its key (the operator has just enrolled it, or written a rotated key, and
-    probes right after), as long as ``missed_rate`` such reads a second (bursts of five) allow: clients
-    that do not exist must not turn into API requests without bound."""
+    not found (the operator has just enrolled it, for a new MailConfig, mailbox or key, and probes right
+    after), as long as ``missed_rate`` such reads a second (bursts of five) allow: clients that do not exist
+    must not turn into API requests without bound."""
 
     def __init__(self, read: ReadSecret, *, every: float = 10.0, missed_rate: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -125,22 +125,11 @@ class TokenEndpoint:
         scopes = set(form.get("scope", "").split())
         if scopes - {MAIL_SCOPE}:
             return error_answer(400, "invalid_scope", f"the bridge grants only {MAIL_SCOPE}", source="bridge")
-        return await self._issue(client_id, secret, client)
+        return await self._issue(client_id, client)
 
-    async def _issue(self, client_id: str, secret: str, client: BridgeClient) -> web.Response:
+    async def _issue(self, client_id: str, client: BridgeClient) -> web.Response:
         try:
-            try:
-                token = await self.tokens.token(client)
-            except GoogleRefused:
-                # The key may just have been replaced (a rotated Secret the registry holds by now): once, with
-                # the registry read again, if that changed this client.
-                if not await self.registry.refresh(missed=True):
-                    raise
-                fresh = await self.registry.authenticate(client_id, secret)
-                if fresh is None or fresh == client:
-                    raise
-                client = fresh
-                token = await self.tokens.token(client)
+            token = await self.tokens.token(client)
         except GoogleRefused as refused:
             log.warning("token for client %s (mailbox %s) refused by Google: %s", client_id, client.mailbox, refused)
             return error_answer(400, refused.error, refused.description, source="google")
