@@ -352,10 +352,11 @@ def token_detail(url: str, status: int | None, expires_in: int, scope: str) -> s
 
 
 async def run_probe(probe: ProbeInput, tls: ssl.SSLContext, step_timeout: float | None = None, *,
-                    google_verify: str | bool = True) -> ProbeReport:
+                    ca_bundle: Path | None = None) -> ProbeReport:
     """The token request (XOAUTH2), then the SMTP conversation; stops at the first failure.
 
-    ``google_verify``: the CAs for Google's token endpoint (requests' ``verify``), for googleServiceAccount.
+    ``ca_bundle``: ``--ca-bundle``, trusted beside the system's CAs for Google's token endpoint too
+    (googleServiceAccount).
     """
     spec = probe.spec
     steps: list[ReportStep] = []
@@ -363,7 +364,7 @@ async def run_probe(probe: ProbeInput, tls: ssl.SSLContext, step_timeout: float 
     secret = probe.credentials.password if spec.auth.type is AuthType.BASIC else ""
     if spec.auth.xoauth2 is not None and spec.auth.xoauth2.google_key_ref is not None:
         started = time.monotonic()
-        granted = await _google_token(probe, google_verify, step_timeout or TOKEN_TIMEOUT)
+        granted = await _google_token(probe, ca_bundle, step_timeout or TOKEN_TIMEOUT)
         if isinstance(granted, Failure):
             steps.append(ReportStep("token", False, time.monotonic() - started, granted.message, granted.reason.value))
             return ProbeReport(probe.mailconfig, describe(probe), tuple(steps), granted)
@@ -403,7 +404,7 @@ async def run_probe(probe: ProbeInput, tls: ssl.SSLContext, step_timeout: float 
                        result.probe_id if sent else "")
 
 
-async def _google_token(probe: ProbeInput, verify: str | bool, seconds: float) -> IssuedToken | Failure:
+async def _google_token(probe: ProbeInput, ca_bundle: Path | None, seconds: float) -> IssuedToken | Failure:
     """The token Google grants the service account for the mailbox, as the bridge would ask for it."""
     from kcmail.bridge.google import GoogleRefused, GoogleUnreachable, KeyUnusable, google_grant
     from kcmail.bridge.registry import BridgeClient
@@ -412,9 +413,10 @@ async def _google_token(probe: ProbeInput, verify: str | bool, seconds: float) -
     assert spec.auth.xoauth2 is not None
     key = json.loads(probe.credentials.service_account_key)
     client = BridgeClient(client_id="kcmail-probe", mailbox=spec.auth.username, key=key, secret_sha256="")
-    grant = google_grant(spec.auth.xoauth2.token_url, verify, seconds)
     try:
-        return await asyncio.to_thread(grant, client)
+        with tempfile.TemporaryDirectory(prefix="kcmail-probe-") as scratch:
+            grant = google_grant(spec.auth.xoauth2.token_url, _google_verify(ca_bundle, Path(scratch)), seconds)
+            return await asyncio.to_thread(grant, client)
     except GoogleRefused as refused:
         return Failure(Reason.GOOGLE_REFUSED, f"Google answered: {refused}", needs_person=True)
     except GoogleUnreachable as error:
@@ -423,13 +425,14 @@ async def _google_token(probe: ProbeInput, verify: str | bool, seconds: float) -
         return Failure(Reason.INVALID_SECRET_VALUE, str(error), needs_person=True)
 
 
-def google_verify(ca_bundle: Path | None) -> str | bool:
-    """What the grant trusts: the system's CAs (requests' own), plus ``--ca-bundle`` when given."""
+def _google_verify(ca_bundle: Path | None, scratch: Path) -> str | bool:
+    """What the grant trusts (requests' ``verify``): the system's CAs, plus ``--ca-bundle`` when given, in a
+    file under ``scratch``, which the caller removes."""
     if ca_bundle is None:
         return True
     import certifi
 
-    combined = Path(tempfile.mkdtemp(prefix="kcmail-probe-")) / "ca.pem"
+    combined = scratch / "ca.pem"
     combined.write_text(Path(certifi.where()).read_text() + "\n" + ca_bundle.read_text())
     return str(combined)
 
@@ -546,6 +549,6 @@ def main(args: argparse.Namespace) -> int:
     except InputError as error:
         print(f"kcmail probe: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    report = asyncio.run(run_probe(probe, tls, args.timeout, google_verify=google_verify(args.ca_bundle)))
+    report = asyncio.run(run_probe(probe, tls, args.timeout, ca_bundle=args.ca_bundle))
     sys.stdout.write(render_json(report) if args.json else render_text(report))
     return EXIT_PASSED if report.ok else EXIT_PROBE_FAILED
