@@ -14,7 +14,6 @@ from typing import Any
 from kcmail import defaults, metrics, probe_cli, redact
 from kcmail.adopt import cli as adopt_cli
 from kcmail.bridge import cli as bridge_cli
-from kcmail.bridge.enrolment import BridgeOptions
 
 # RFC 1123 label, as Kubernetes requires of a namespace's name.
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -48,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from kcmail import handlers
-    from kcmail.options import OperatorOptions, shard_selector
+    from kcmail.options import BridgeOptions, OperatorOptions, shard_selector
 
     if args.log_format == "json":
         # One JSON object per line; kopf's lines about one Kubernetes object carry it under "object".

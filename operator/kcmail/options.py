@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kcmail.bridge.enrolment import BridgeOptions
 from kcmail.defaults import KEYCLOAK_CONCURRENCY, PROBE_CONCURRENCY, WORKERS
 
 # A MailConfig labelled with it belongs to the shard of that name (`kcmail run --shard NAME`).
 SHARD_LABEL = "kcmail.io/shard"
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    """Where the bridge answers Keycloak, and the registry Secret it reads."""
+
+    url: str
+    namespace: str
+    secret: str
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from kcmail.controller import Reconciler, secret_is_news
 from kcmail.devenv.google_oauth import key_file
 from kcmail.kube import Secret, secret_version
 from kcmail.observe import Inputs
+from kcmail.options import BridgeOptions
 from kcmail.spec import GOOGLE_MAIL_SCOPE, Credentials, MailConfigSpec, SpecError
 from kcmail.store import MailConfigObject
 
@@ -28,7 +29,7 @@ GOOGLE_AUTH = {"type": "XOAUTH2", "username": MAILBOX,
                "xoauth2": {"googleServiceAccount": {"keySecretRef": {"name": "gmail-key"}}}}
 BASE = {"connectionRef": {"kind": "KeycloakConnection", "name": "kc"}, "realm": "acme",
         "smtp": {"host": "smtp.gmail.com"}, "sender": {"from": MAILBOX}}
-OPTIONS = enrolment.BridgeOptions("https://kcmail-bridge.kcmail.svc:8443/token", "kcmail", "kcmail-bridge-registry")
+OPTIONS = BridgeOptions("https://kcmail-bridge.kcmail.svc:8443/token", "kcmail", "kcmail-bridge-registry")
 
 
 def test_the_google_form_reads_the_key_reference_and_the_gmail_scope():

@@ -32,13 +32,13 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kcmail.bridge.registry import SEED_KEY, parse_key, secret_digest
 from kcmail.conditions import ConditionType, Failure, Reason, condition_true
 from kcmail.kube import Kube, KubeError, Secret
 from kcmail.observe import Inputs, kube_failure
+from kcmail.options import BridgeOptions
 from kcmail.spec import Credentials, DeletionPolicy, MailConfigSpec
 
 if TYPE_CHECKING:
@@ -49,15 +49,6 @@ log = logging.getLogger(__name__)
 SEED_BYTES = 32
 # What appliedSecretVersion carries after the Secret's version when the realm holds bridge credentials.
 BRIDGE_VERSION_MARK = "+bridge:"
-
-
-@dataclass(frozen=True)
-class BridgeOptions:
-    """Where the bridge answers Keycloak, and the registry Secret it reads."""
-
-    url: str
-    namespace: str
-    secret: str
 
 
 def _prefix(uid: str) -> str:
