@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,11 +13,7 @@ from typing import Any
 from kcmail import defaults, metrics, probe_cli, redact
 from kcmail.adopt import cli as adopt_cli
 from kcmail.bridge import cli as bridge_cli
-
-# RFC 1123 label, as Kubernetes requires of a namespace's name.
-NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-# RFC 1123 subdomain, as Kubernetes requires of a Lease's name.
-OBJECT_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+from kcmail.options import NAMESPACE_NAME, OBJECT_NAME, namespaced_name
 
 
 def import_kopf_alone() -> None:
@@ -165,13 +160,6 @@ def _bridge_url(value: str) -> str:
     return value
 
 
-def _namespaced_name(value: str) -> tuple[str, str]:
-    namespace, _, name = value.partition("/")
-    if not NAMESPACE_NAME.fullmatch(namespace) or not OBJECT_NAME.fullmatch(name):
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE/NAME")
-    return namespace, name
-
-
 def _positive_int(value: str) -> int:
     """A bound on work at once: 0 or less would let nothing through."""
     problem = f"needs a whole number of 1 or more, not {value!r}"
@@ -223,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--bridge-url", type=_bridge_url, metavar="URL",
                         help="the token URL Keycloak and the probe use for MailConfigs with "
                              "auth.xoauth2.googleServiceAccount, e.g. https://kcmail-bridge.kcmail.svc:8443/token")
-    bridge.add_argument("--bridge-registry", type=_namespaced_name, metavar="NAMESPACE/NAME",
+    bridge.add_argument("--bridge-registry", type=namespaced_name, metavar="NAMESPACE/NAME",
                         help="the Secret kcmail keeps the bridge's clients in (kcmail bridge --clients-secret); "
                              "made when missing")
     run.add_argument("--no-leader-election", action="store_true",

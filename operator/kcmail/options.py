@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from dataclasses import dataclass
 
 from kcmail.defaults import KEYCLOAK_CONCURRENCY, PROBE_CONCURRENCY, WORKERS
 
 # A MailConfig labelled with it belongs to the shard of that name (`kcmail run --shard NAME`).
 SHARD_LABEL = "kcmail.io/shard"
+# RFC 1123 label, as Kubernetes requires of a namespace's name.
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# RFC 1123 subdomain, as Kubernetes requires of a Lease's or a Secret's name.
+OBJECT_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def namespaced_name(value: str) -> tuple[str, str]:
+    """An object named NAMESPACE/NAME on the command line (an argparse type: kcmail run, kcmail bridge)."""
+    namespace, _, name = value.partition("/")
+    if not NAMESPACE_NAME.fullmatch(namespace) or not OBJECT_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE/NAME")
+    return namespace, name
 
 
 @dataclass(frozen=True)

@@ -228,3 +228,17 @@ async def test_concurrent_requests_for_one_mailbox_wait_for_one_grant():
     answers = await asyncio.gather(*(tokens.token(_client()) for _ in range(10)))
     assert {a.access_token for a in answers} == {"t"}
     assert calls == 1
+
+
+@pytest.mark.parametrize("value", ["kcmail", "kcmail/", "/registry", "Kcmail/registry", "a/b/c"])
+def test_both_commands_refuse_a_registry_secret_that_is_not_namespace_slash_name(value, capsys):
+    from kcmail.cli import _parser
+
+    for argv in (["run", "--bridge-url", "https://bridge.example/token", "--bridge-registry", value],
+                 ["bridge", "--tls-cert", "c", "--tls-key", "k", "--clients-secret", value]):
+        with pytest.raises(SystemExit) as exited:
+            _parser().parse_args(argv)
+        assert exited.value.code == 2
+        assert "is not NAMESPACE/NAME" in capsys.readouterr().err
+    assert _parser().parse_args(["bridge", "--tls-cert", "c", "--tls-key", "k", "--clients-secret",
+                                 "kcmail/registry"]).clients_secret == ("kcmail", "registry")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from kcmail.bridge import GOOGLE_TOKEN_URL
+    from kcmail.options import namespaced_name
 
     bridge = subparsers.add_parser(
         "bridge", help="serve the token endpoint that lets Keycloak send through Gmail (Google Workspace)",
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     clients = bridge.add_mutually_exclusive_group(required=True)
     clients.add_argument("--clients", type=Path,
                          help="JSON file of the clients, written by hand (read again when it changes)")
-    clients.add_argument("--clients-secret", metavar="NAMESPACE/NAME",
+    clients.add_argument("--clients-secret", type=namespaced_name, metavar="NAMESPACE/NAME",
                          help="the registry Secret kcmail run --bridge-registry keeps, read through the API "
                               "(the pod's service account, else $KUBECONFIG)")
     bridge.add_argument("--google-token-url", default=GOOGLE_TOKEN_URL,
@@ -67,9 +68,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"kcmail bridge: cannot load the TLS certificate and key: {error}", file=sys.stderr)
         return 2
     verify: str | bool = str(args.ca_bundle) if args.ca_bundle else True
-    if args.clients_secret is not None and args.clients_secret.count("/") != 1:
-        print("kcmail bridge: --clients-secret needs NAMESPACE/NAME", file=sys.stderr)
-        return 2
 
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -77,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.clients_secret is None:
                 registry = FileRegistry(args.clients)
             else:
-                namespace, name = args.clients_secret.split("/")
+                namespace, name = args.clients_secret
                 kube = await stack.enter_async_context(logged_in_kube())
                 registry = SecretRegistry(functools.partial(_secret_data, kube, namespace, name))
                 await registry.refresh(missed=False)
